@@ -149,7 +149,8 @@ pub enum PrfAlg {
 }
 
 impl PrfAlg {
-    pub const ALL: [PrfAlg; 4] = [PrfAlg::HmacSha1, PrfAlg::HmacSha256, PrfAlg::HmacSha384, PrfAlg::HmacSha512];
+    pub const ALL: [PrfAlg; 4] =
+        [PrfAlg::HmacSha1, PrfAlg::HmacSha256, PrfAlg::HmacSha384, PrfAlg::HmacSha512];
 
     pub fn transform_id(self) -> u16 {
         match self {
@@ -333,4 +334,3 @@ pub struct Proposal {
     pub dh: Vec<DhGroup>,
     pub esn: Vec<Esn>,
 }
-
