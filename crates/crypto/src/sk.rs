@@ -20,7 +20,14 @@ use zeroize::Zeroizing;
 
 enum Cipher {
     Aead { key: LessSafeKey, salt: [u8; 4] },
-    Cbc { enc: EncryptingKey, dec: DecryptingKey, integ: IntegAlg, integ_key: Zeroizing<Vec<u8>> },
+    Cbc(Box<CbcKeys>),
+}
+
+struct CbcKeys {
+    enc: EncryptingKey,
+    dec: DecryptingKey,
+    integ: IntegAlg,
+    integ_key: Zeroizing<Vec<u8>>,
 }
 
 /// One direction's SK payload protection (an IKE SA has one for each direction).
@@ -88,7 +95,7 @@ impl SkCrypter {
                 UnboundCipherKey::new(alg, encr_key).map_err(|_| CryptoError::BadKeyLength)?,
             )
             .map_err(|_| CryptoError::BadKeyLength)?;
-            Cipher::Cbc { enc, dec, integ, integ_key: Zeroizing::new(integ_key.to_vec()) }
+            Cipher::Cbc(Box::new(CbcKeys { enc, dec, integ, integ_key: Zeroizing::new(integ_key.to_vec()) }))
         };
         Ok(SkCrypter { encr, cipher })
     }
@@ -96,7 +103,7 @@ impl SkCrypter {
     fn icv_len(&self) -> usize {
         match &self.cipher {
             Cipher::Aead { .. } => 16,
-            Cipher::Cbc { integ, .. } => integ.icv_len(),
+            Cipher::Cbc(k) => k.integ.icv_len(),
         }
     }
 
@@ -135,7 +142,8 @@ impl SkCrypter {
                     .map_err(|_| CryptoError::EncryptionFailed)?;
                 icv.copy_from_slice(tag.as_ref());
             }
-            Cipher::Cbc { enc, integ, integ_key, .. } => {
+            Cipher::Cbc(k) => {
+                let CbcKeys { enc, integ, integ_key, .. } = &**k;
                 let mut ivb = [0u8; 16];
                 ivb.copy_from_slice(iv);
                 enc.less_safe_encrypt(ct, EncryptionContext::Iv128(FixedLength::from(ivb)))
@@ -166,7 +174,8 @@ impl SkCrypter {
                     .map_err(|_| CryptoError::IntegrityCheckFailed)?
                     .len()
             }
-            Cipher::Cbc { dec, integ, integ_key, .. } => {
+            Cipher::Cbc(k) => {
+                let CbcKeys { dec, integ, integ_key, .. } = &**k;
                 if ct.is_empty() || ct.len() % 16 != 0 {
                     return Err(CryptoError::BadLength);
                 }
