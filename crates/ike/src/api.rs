@@ -96,7 +96,15 @@ pub enum Event {
     /// Install this CHILD SA in the dataplane.
     ChildSaUp(Box<ChildSaInstall>),
     /// Remove the CHILD SA with these SPIs from the dataplane.
-    ChildSaDown { ike_sa: IkeSaId, vpn: String, child: String, reqid: u32, spi_in: u32, spi_out: u32, reason: DownReason },
+    ChildSaDown {
+        ike_sa: IkeSaId,
+        vpn: String,
+        child: String,
+        reqid: u32,
+        spi_in: u32,
+        spi_out: u32,
+        reason: DownReason,
+    },
     /// A negotiation attempt failed (shown in logs and the API).
     Failure { vpn: Option<String>, message: String },
 }

@@ -141,7 +141,12 @@ pub struct RetransmitConfig {
 
 impl Default for RetransmitConfig {
     fn default() -> Self {
-        RetransmitConfig { timeout: Duration::from_secs(4), base: 1.8, tries: 5, max_timeout: Duration::from_secs(60) }
+        RetransmitConfig {
+            timeout: Duration::from_secs(4),
+            base: 1.8,
+            tries: 5,
+            max_timeout: Duration::from_secs(60),
+        }
     }
 }
 

@@ -1,11 +1,18 @@
 //! The Endpoint: owns all IKE SAs of a node and routes datagrams, timers and commands to them.
-//! (Skeleton: the signatures the daemon codes against. Bodies are being written.)
+//! The exchanges live in `ex_*` modules as further `impl Endpoint` blocks; the reliability layer in
+//! `reliability`.
 
-use crate::api::{ChildSaInfo, Event, IkeSaId, IkeSaInfo, Transmit};
-use crate::config::{EndpointConfig, PeerConfig, PreSharedKey};
+use crate::api::{ChildSaInfo, DownReason, Event, IkeSaId, IkeSaInfo, IkeSaState, Transmit};
+use crate::config::{DeadPeerAction, EndpointConfig, PeerConfig, PreSharedKey, StartAction};
 use crate::observer::SaObserver;
+use crate::reliability::{RequestCheck, Tick};
+use crate::sa::{IkeSa, Queued, SaState};
+use crate::spi::SpiAllocator;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+use tandem_wire::{emit_payloads, flags, Encrypted, ExchangeType, IkeHeader, Message, Payload, PayloadType};
+use tracing::{debug, info, warn};
 
 /// Errors of operator commands (datagram problems are counted and logged, never returned).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -22,78 +29,765 @@ pub enum EngineError {
     Other(String),
 }
 
+/// Counters of dropped or rejected input, by reason.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Stats {
+    pub malformed: u64,
+    pub unknown_sa: u64,
+    pub bad_message_id: u64,
+    pub decrypt_failed: u64,
+    pub retransmits_answered: u64,
+    pub cookies_sent: u64,
+    pub half_open_dropped: u64,
+}
+
 pub struct Endpoint {
-    _private: (),
+    pub(crate) config: EndpointConfig,
+    pub(crate) peers: Vec<PeerConfig>,
+    pub(crate) psks: Vec<PreSharedKey>,
+    pub(crate) sas: HashMap<IkeSaId, IkeSa>,
+    /// Responder SAs by (initiator SPI, peer address), to recognise retransmitted IKE_SA_INIT requests.
+    pub(crate) half_open: HashMap<(u64, SocketAddr), IkeSaId>,
+    pub(crate) transmits: VecDeque<Transmit>,
+    pub(crate) events: VecDeque<Event>,
+    pub(crate) observer: Option<Box<dyn SaObserver>>,
+    reqids: HashMap<(String, String), u32>,
+    pub(crate) spis: SpiAllocator,
+    pub(crate) cookie_secret: [u8; 32],
+    pub(crate) stats: Stats,
+    last_invalid_spi: HashMap<IpAddr, Instant>,
+    /// vpns to initiate again at the given time (restart actions).
+    pub(crate) restarts: Vec<(Instant, String)>,
+    pub(crate) now: Option<Instant>,
 }
 
 impl Endpoint {
-    pub fn new(_config: EndpointConfig, _peers: Vec<PeerConfig>, _psks: Vec<PreSharedKey>) -> Self {
-        Endpoint { _private: () }
+    pub fn new(config: EndpointConfig, peers: Vec<PeerConfig>, psks: Vec<PreSharedKey>) -> Self {
+        let mut cookie_secret = [0u8; 32];
+        tandem_crypto::fill_random(&mut cookie_secret);
+        Endpoint {
+            spis: SpiAllocator::new(config.node_id),
+            config,
+            peers,
+            psks,
+            sas: HashMap::new(),
+            half_open: HashMap::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            observer: None,
+            reqids: HashMap::new(),
+            cookie_secret,
+            stats: Stats::default(),
+            last_invalid_spi: HashMap::new(),
+            restarts: Vec::new(),
+            now: None,
+        }
     }
 
-    /// Replace the peer configuration (reload). Existing SAs stay up; SAs of removed vpns are deleted.
-    pub fn set_peers(&mut self, _now: Instant, _peers: Vec<PeerConfig>, _psks: Vec<PreSharedKey>) {}
+    /// Replace the peer configuration (reload). Existing SAs stay up; SAs of removed vpns are deleted;
+    /// vpns with start-action `start` that have no IKE SA are initiated.
+    pub fn set_peers(&mut self, now: Instant, peers: Vec<PeerConfig>, psks: Vec<PreSharedKey>) {
+        self.now = Some(now);
+        let removed: Vec<IkeSaId> = self
+            .sas
+            .values()
+            .filter(|sa| sa.vpn.as_ref().is_some_and(|v| !peers.iter().any(|p| &p.name == v)))
+            .map(|sa| sa.id)
+            .collect();
+        self.peers = peers;
+        self.psks = psks;
+        for id in removed {
+            let _ = self.terminate_ike_sa(now, id);
+        }
+        self.start_configured(now);
+    }
 
-    /// Install the HA observer.
-    pub fn set_observer(&mut self, _observer: Box<dyn SaObserver>) {}
+    /// Initiate every vpn that has a CHILD SA with start-action `start` and no IKE SA yet.
+    pub fn start_configured(&mut self, now: Instant) {
+        let names: Vec<String> = self
+            .peers
+            .iter()
+            .filter(|p| p.children.iter().any(|c| c.start_action == StartAction::Start))
+            .filter(|p| !self.sas.values().any(|sa| sa.vpn.as_deref() == Some(&p.name)))
+            .map(|p| p.name.clone())
+            .collect();
+        for n in names {
+            if let Err(e) = self.initiate(now, &n) {
+                warn!(target: "ike", vpn = %n, "cannot start: {e}");
+            }
+        }
+    }
 
-    /// Feed one received IKE datagram (non-ESP marker already stripped). `local` is the address and
-    /// port it arrived on.
-    pub fn handle_datagram(&mut self, _now: Instant, _local: SocketAddr, _remote: SocketAddr, _data: &[u8]) {}
+    pub fn set_observer(&mut self, observer: Box<dyn SaObserver>) {
+        self.observer = Some(observer);
+    }
 
-    /// Run due timers (retransmissions, rekeys, lifetimes, DPD).
-    pub fn handle_timeout(&mut self, _now: Instant) {}
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
 
-    /// Initiate the vpn (all its CHILD SAs). `local` is the local address to use when the config
-    /// names none.
-    pub fn initiate(&mut self, _now: Instant, vpn: &str) -> Result<IkeSaId, EngineError> {
-        Err(EngineError::UnknownVpn(vpn.to_string()))
+    pub(crate) fn peer(&self, name: &str) -> Option<&PeerConfig> {
+        self.peers.iter().find(|p| p.name == name)
+    }
+
+    pub(crate) fn reqid(&mut self, vpn: &str, child: &str) -> u32 {
+        let next = self.reqids.len() as u32 + 1;
+        *self.reqids.entry((vpn.to_string(), child.to_string())).or_insert(next)
+    }
+
+    /// Feed one received IKE datagram (non-ESP marker already stripped).
+    pub fn handle_datagram(&mut self, now: Instant, local: SocketAddr, remote: SocketAddr, data: &[u8]) {
+        self.now = Some(now);
+        let msg = match Message::parse(data) {
+            Ok(m) => m,
+            Err(e) => {
+                self.stats.malformed += 1;
+                debug!(target: "ike", %remote, "dropping malformed datagram: {e}");
+                return;
+            }
+        };
+        let h = &msg.header;
+        if h.exchange == ExchangeType::IKE_SA_INIT && !h.is_response() && h.spi_r == 0 {
+            if let Some(&id) = self.half_open.get(&(h.spi_i, remote)) {
+                // Retransmitted IKE_SA_INIT: answer from the cache.
+                if let Some(sa) = self.sas.get(&id) {
+                    if let RequestCheck::Resend(d) = sa.rel.check_request(0) {
+                        self.stats.retransmits_answered += 1;
+                        self.send_datagrams(local, remote, d);
+                    }
+                }
+                return;
+            }
+            self.respond_sa_init(now, local, remote, data, msg);
+            return;
+        }
+        // Our SPI is the responder SPI in messages from the original initiator, else the initiator SPI.
+        let ours = if h.is_initiator() { h.spi_r } else { h.spi_i };
+        let Some(mut sa) = self.sas.remove(&ours) else {
+            self.stats.unknown_sa += 1;
+            debug!(target: "ike", %remote, spi = format_args!("{ours:#018x}"), "no IKE SA for datagram");
+            return;
+        };
+        if h.is_initiator() == sa.initiator {
+            // The flag must name the peer's role, not ours.
+            self.stats.malformed += 1;
+            self.sas.insert(ours, sa);
+            return;
+        }
+        if h.is_response() {
+            if sa.rel.accept_response(h.message_id) {
+                sa.last_received = Some(now);
+                self.handle_response(now, &mut sa, local, remote, data, msg);
+            } else {
+                self.stats.bad_message_id += 1;
+            }
+        } else {
+            match sa.rel.check_request(h.message_id) {
+                RequestCheck::Process => {
+                    self.handle_request(now, &mut sa, local, remote, data, msg);
+                }
+                RequestCheck::Resend(d) => {
+                    self.stats.retransmits_answered += 1;
+                    self.send_datagrams(local, remote, d);
+                }
+                RequestCheck::Drop => self.stats.bad_message_id += 1,
+            }
+        }
+        self.finish(now, sa);
+    }
+
+    fn handle_response(
+        &mut self,
+        now: Instant,
+        sa: &mut IkeSa,
+        local: SocketAddr,
+        remote: SocketAddr,
+        raw: &[u8],
+        msg: Message,
+    ) {
+        let Some(request) = sa.request.take() else { return };
+        if msg.header.exchange == ExchangeType::IKE_SA_INIT {
+            self.initiator_sa_init_response(now, sa, local, remote, raw, msg);
+            return;
+        }
+        let Some(payloads) = self.open(sa, raw, &msg) else { return };
+        self.note_peer_address(sa, local, remote);
+        match request {
+            crate::sa::Request::Auth(pending) => self.initiator_auth_response(now, sa, payloads, pending),
+            crate::sa::Request::CreateChild(pending) => {
+                self.initiator_child_response(now, sa, payloads, pending)
+            }
+            crate::sa::Request::RekeyIke(pending) => {
+                self.initiator_rekey_ike_response(now, sa, payloads, pending)
+            }
+            crate::sa::Request::DeleteChild(spis) => {
+                for spi in spis {
+                    self.remove_child(sa, spi, DownReason::LocalDelete);
+                }
+            }
+            crate::sa::Request::DeleteIke => sa.state = SaState::Deleting,
+            crate::sa::Request::Liveness | crate::sa::Request::Notify => {}
+            crate::sa::Request::SaInit => {}
+        }
+    }
+
+    fn handle_request(
+        &mut self,
+        now: Instant,
+        sa: &mut IkeSa,
+        local: SocketAddr,
+        remote: SocketAddr,
+        raw: &[u8],
+        msg: Message,
+    ) {
+        let Some(payloads) = self.open(sa, raw, &msg) else { return };
+        sa.last_received = Some(now);
+        self.note_peer_address(sa, local, remote);
+        let mid = msg.header.message_id;
+        let response = match msg.header.exchange {
+            ExchangeType::IKE_AUTH if sa.state == SaState::InitDone => self.responder_auth(now, sa, payloads),
+            ExchangeType::CREATE_CHILD_SA if sa.state == SaState::Established => {
+                self.responder_create_child(now, sa, payloads)
+            }
+            ExchangeType::INFORMATIONAL => self.responder_informational(now, sa, payloads),
+            _ => vec![Payload::Notify(tandem_wire::Notify::new(
+                tandem_wire::NotifyType::INVALID_SYNTAX,
+                vec![],
+            ))],
+        };
+        let datagrams = self.seal(sa, msg.header.exchange, true, mid, response);
+        sa.rel.responded(mid, datagrams.clone());
+        self.send_datagrams(sa.local, sa.remote, datagrams);
+    }
+
+    /// NAT mapping updates: follow the peer's address and port on authenticated messages.
+    fn note_peer_address(&mut self, sa: &mut IkeSa, local: SocketAddr, remote: SocketAddr) {
+        if sa.remote != remote || sa.local != local {
+            debug!(target: "ike", from = %sa.remote, to = %remote, "peer address changed");
+            sa.remote = remote;
+            sa.local = local;
+        }
+    }
+
+    /// Decrypt the SK payload of a message of `sa`.
+    pub(crate) fn open(&mut self, sa: &IkeSa, raw: &[u8], msg: &Message) -> Option<Vec<Payload>> {
+        let Some(Payload::Encrypted(Encrypted { first_inner, body })) = msg.payloads.last() else {
+            self.stats.malformed += 1;
+            return None;
+        };
+        let crypters = sa.crypters()?;
+        let prefix = &raw[..raw.len() - body.len()];
+        let plain = match crypters.inbound.open(prefix, body) {
+            Ok(p) => p,
+            Err(_) => {
+                self.stats.decrypt_failed += 1;
+                debug!(target: "ike", sa = format_args!("{:#018x}", sa.id), "SK payload failed to verify");
+                return None;
+            }
+        };
+        match tandem_wire::parse_payloads(*first_inner, &plain) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                self.stats.malformed += 1;
+                debug!(target: "ike", "malformed inner payloads: {e}");
+                None
+            }
+        }
+    }
+
+    /// Encrypt `payloads` into a message of `sa`.
+    pub(crate) fn seal(
+        &self,
+        sa: &IkeSa,
+        exchange: ExchangeType,
+        response: bool,
+        message_id: u32,
+        payloads: Vec<Payload>,
+    ) -> Vec<Vec<u8>> {
+        let Some(c) = sa.crypters() else { return Vec::new() };
+        let (first, inner) = emit_payloads(&payloads);
+        let body_len = c.outbound.body_len(inner.len());
+        let mut fl = if sa.initiator { flags::INITIATOR } else { 0 };
+        if response {
+            fl |= flags::RESPONSE;
+        }
+        let header = IkeHeader::new(sa.spi_i, sa.spi_r, exchange, fl, message_id);
+        let mut bytes = Message {
+            header,
+            payloads: vec![Payload::Encrypted(Encrypted {
+                first_inner: if payloads.is_empty() { PayloadType::NONE } else { first },
+                body: vec![0; body_len],
+            })],
+        }
+        .emit();
+        let split = bytes.len() - body_len;
+        let (prefix, body) = bytes.split_at_mut(split);
+        if c.outbound.seal(prefix, &inner, body).is_err() {
+            return Vec::new();
+        }
+        vec![bytes]
+    }
+
+    /// Send a new request on `sa` (the window must be free).
+    pub(crate) fn send_request(
+        &mut self,
+        now: Instant,
+        sa: &mut IkeSa,
+        exchange: ExchangeType,
+        payloads: Vec<Payload>,
+        request: crate::sa::Request,
+    ) {
+        let mid = sa.rel.next_request_id;
+        let datagrams = self.seal(sa, exchange, false, mid, payloads);
+        sa.rel.send_request(now, datagrams.clone(), &self.config.retransmit);
+        sa.request = Some(request);
+        self.send_datagrams(sa.local, sa.remote, datagrams);
+    }
+
+    pub(crate) fn send_datagrams(&mut self, local: SocketAddr, remote: SocketAddr, datagrams: Vec<Vec<u8>>) {
+        for data in datagrams {
+            self.transmits.push_back(Transmit { local, remote, data });
+        }
+    }
+
+    /// Put an SA back after handling, run its queued requests and tell the observer.
+    pub(crate) fn finish(&mut self, now: Instant, mut sa: IkeSa) {
+        if sa.state == SaState::Deleting && sa.rel.can_send() {
+            let reason = if sa.superseded {
+                DownReason::Rekeyed
+            } else {
+                sa.down_reason.clone().unwrap_or(DownReason::LocalDelete)
+            };
+            self.drop_sa(&mut sa, reason);
+            return;
+        }
+        if sa.state == SaState::Established && sa.rel.can_send() && !sa.queue.is_empty() {
+            let q = sa.queue.remove(0);
+            self.start_queued(now, &mut sa, q);
+        }
+        if let Some(obs) = self.observer.as_mut() {
+            if let Ok(snap) = serde_json::to_vec(&sa) {
+                obs.ike_sa_changed(sa.id, &snap);
+            }
+        }
+        self.sas.insert(sa.id, sa);
+    }
+
+    fn start_queued(&mut self, now: Instant, sa: &mut IkeSa, q: Queued) {
+        match q {
+            Queued::CreateChild { name, rekeys_spi_in } => {
+                self.start_create_child(now, sa, &name, rekeys_spi_in)
+            }
+            Queued::RekeyIke => self.start_rekey_ike(now, sa),
+            Queued::DeleteChild(spis) => self.start_delete_children(now, sa, spis),
+            Queued::DeleteIke => self.start_delete_ike(now, sa),
+            Queued::Liveness => {
+                self.send_request(now, sa, ExchangeType::INFORMATIONAL, vec![], crate::sa::Request::Liveness)
+            }
+            Queued::InvalidSpi(spi) => {
+                let n = tandem_wire::Notify::new(
+                    tandem_wire::NotifyType::INVALID_SPI,
+                    spi.to_be_bytes().to_vec(),
+                );
+                self.send_request(
+                    now,
+                    sa,
+                    ExchangeType::INFORMATIONAL,
+                    vec![Payload::Notify(n)],
+                    crate::sa::Request::Notify,
+                )
+            }
+        }
+    }
+
+    /// Queue a request, starting it at once when the window is free.
+    pub(crate) fn enqueue(&mut self, now: Instant, sa: &mut IkeSa, q: Queued) {
+        if sa.state == SaState::Established && sa.rel.can_send() {
+            self.start_queued(now, sa, q);
+        } else {
+            sa.queue.push(q);
+        }
+    }
+
+    /// Remove an SA for good: report its CHILD SAs and itself down.
+    pub(crate) fn drop_sa(&mut self, sa: &mut IkeSa, reason: DownReason) {
+        let vpn = sa.vpn.clone().unwrap_or_default();
+        if !sa.superseded {
+            for c in std::mem::take(&mut sa.children) {
+                self.events.push_back(Event::ChildSaDown {
+                    ike_sa: sa.id,
+                    vpn: vpn.clone(),
+                    child: c.name,
+                    reqid: c.reqid,
+                    spi_in: c.spi_in,
+                    spi_out: c.spi_out,
+                    reason: reason.clone(),
+                });
+            }
+        }
+        if sa.established.is_some() && !sa.superseded {
+            info!(target: "ike", vpn = %vpn, sa = format_args!("{:#018x}", sa.id), ?reason, "IKE SA down");
+            self.events.push_back(Event::IkeSaDown {
+                ike_sa: sa.id,
+                vpn: vpn.clone(),
+                reason: reason.clone(),
+            });
+        }
+        self.half_open.retain(|_, v| *v != sa.id);
+        if let Some(obs) = self.observer.as_mut() {
+            obs.ike_sa_removed(sa.id);
+        }
+        if reason == DownReason::PeerDead || reason == DownReason::PeerDelete {
+            if let Some(p) = sa.vpn.as_ref().and_then(|v| self.peer(v)) {
+                if sa.initiator || p.remote_addr.is_some() {
+                    let action = if reason == DownReason::PeerDead {
+                        p.dpd_action
+                    } else {
+                        p.children.first().map_or(DeadPeerAction::Clear, |c| c.close_action)
+                    };
+                    if action == DeadPeerAction::Restart {
+                        if let Some(now) = self.now {
+                            self.restarts.push((now, p.name.clone()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Run due timers (retransmissions, rekeys, lifetimes, DPD, restarts).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = Some(now);
+        let due: Vec<IkeSaId> = self
+            .sas
+            .values()
+            .filter(|sa| sa.next_deadline().is_some_and(|d| d <= now))
+            .map(|sa| sa.id)
+            .collect();
+        for id in due {
+            let Some(mut sa) = self.sas.remove(&id) else { continue };
+            match sa.rel.tick(now, &self.config.retransmit) {
+                Tick::Retransmit(d) => {
+                    debug!(target: "ike", sa = format_args!("{id:#018x}"), "retransmitting");
+                    self.send_datagrams(sa.local, sa.remote, d);
+                }
+                Tick::GiveUp => {
+                    warn!(target: "ike", vpn = ?sa.vpn, remote = %sa.remote, "peer not answering: giving up");
+                    if sa.established.is_none() {
+                        self.events.push_back(Event::Failure {
+                            vpn: sa.vpn.clone(),
+                            message: format!("no response from {}", sa.remote),
+                        });
+                    }
+                    self.drop_sa(&mut sa, DownReason::PeerDead);
+                    continue;
+                }
+                Tick::Nothing => {}
+            }
+            if self.lifetime_tick(now, &mut sa) {
+                continue;
+            }
+            self.finish(now, sa);
+        }
+        let (due, later): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.restarts).into_iter().partition(|(t, _)| *t <= now);
+        self.restarts = later;
+        for (_, vpn) in due {
+            if !self.sas.values().any(|sa| sa.vpn.as_deref() == Some(&vpn) && sa.state != SaState::Deleting) {
+                info!(target: "ike", vpn = %vpn, "re-establishing");
+                if let Err(e) = self.initiate(now, &vpn) {
+                    warn!(target: "ike", vpn = %vpn, "restart failed: {e}");
+                }
+            }
+        }
+    }
+
+    /// Lifetimes, half-open expiry and liveness checks. Returns true when the SA was removed.
+    fn lifetime_tick(&mut self, now: Instant, sa: &mut IkeSa) -> bool {
+        if sa.established.is_none() {
+            if sa.created.is_some_and(|c| now >= c + self.config.half_open_timeout) {
+                debug!(target: "ike", sa = format_args!("{:#018x}", sa.id), "half-open IKE SA expired");
+                self.stats.half_open_dropped += 1;
+                if sa.initiator {
+                    self.events.push_back(Event::Failure {
+                        vpn: sa.vpn.clone(),
+                        message: format!(
+                            "no IKE SA with {} within {:?}",
+                            sa.remote, self.config.half_open_timeout
+                        ),
+                    });
+                }
+                self.drop_sa(sa, DownReason::Failed("half-open timeout".into()));
+                return true;
+            }
+            return false;
+        }
+        if sa.expire_at.is_some_and(|t| t <= now) {
+            sa.expire_at = None;
+            self.drop_sa(sa, DownReason::Expired);
+            return true;
+        }
+        if sa.rekey_at.is_some_and(|t| t <= now) {
+            sa.rekey_at = None;
+            let reauth = sa.vpn.as_ref().and_then(|v| self.peer(v)).is_some_and(|p| p.reauth);
+            if reauth {
+                if let Some(v) = sa.vpn.clone() {
+                    sa.superseded = false;
+                    self.restarts.push((now, v));
+                    self.enqueue(now, sa, Queued::DeleteIke);
+                }
+            } else {
+                self.enqueue(now, sa, Queued::RekeyIke);
+            }
+        }
+        let mut rekeys = Vec::new();
+        let mut expired = Vec::new();
+        for c in sa.children.iter_mut() {
+            if c.expire_at.is_some_and(|t| t <= now) {
+                c.expire_at = None;
+                expired.push(c.spi_in);
+            } else if c.rekey_at.is_some_and(|t| t <= now) {
+                c.rekey_at = None;
+                if !c.rekeyed {
+                    rekeys.push((c.name.clone(), c.spi_in));
+                }
+            }
+        }
+        for (name, spi) in rekeys {
+            self.enqueue(now, sa, Queued::CreateChild { name, rekeys_spi_in: Some(spi) });
+        }
+        if !expired.is_empty() {
+            self.enqueue(now, sa, Queued::DeleteChild(expired));
+        }
+        if sa.dpd_at.is_some_and(|t| t <= now) {
+            let delay = sa.vpn.as_ref().and_then(|v| self.peer(v)).and_then(|p| p.dpd_delay);
+            sa.dpd_at = delay.map(|d| now + d);
+            let idle = sa.last_received.is_none_or(|t| delay.is_some_and(|d| now >= t + d));
+            if idle && sa.rel.can_send() && sa.queue.is_empty() {
+                self.enqueue(now, sa, Queued::Liveness);
+            }
+        }
+        false
+    }
+
+    /// Initiate the vpn (its first CHILD SA in IKE_AUTH, the others with CREATE_CHILD_SA).
+    pub fn initiate(&mut self, now: Instant, vpn: &str) -> Result<IkeSaId, EngineError> {
+        self.now = Some(now);
+        self.initiate_sa_init(now, vpn)
     }
 
     /// A packet matched a trap policy of `vpn`/`child`: initiate if no negotiation is under way.
-    pub fn acquire(&mut self, _now: Instant, _vpn: &str, _child: &str) {}
+    pub fn acquire(&mut self, now: Instant, vpn: &str, child: &str) {
+        let existing =
+            self.sas.values().find(|sa| sa.vpn.as_deref() == Some(vpn)).map(|sa| (sa.id, sa.state));
+        match existing {
+            None => {
+                if let Err(e) = self.initiate(now, vpn) {
+                    warn!(target: "ike", vpn, "acquire failed: {e}");
+                }
+            }
+            Some((id, SaState::Established)) => {
+                let Some(mut sa) = self.sas.remove(&id) else { return };
+                let up = sa.children.iter().any(|c| c.name == child && !c.rekeyed);
+                let queued =
+                    sa.queue.iter().any(|q| matches!(q, Queued::CreateChild { name, .. } if name == child));
+                if !up && !queued {
+                    self.enqueue(
+                        now,
+                        &mut sa,
+                        Queued::CreateChild { name: child.to_string(), rekeys_spi_in: None },
+                    );
+                }
+                self.finish(now, sa);
+            }
+            Some(_) => {}
+        }
+    }
 
     /// The dataplane received ESP for an unknown SPI from `remote`: notify the peer (rate-limited).
-    pub fn report_invalid_spi(&mut self, _now: Instant, _remote: IpAddr, _spi: u32) {}
+    pub fn report_invalid_spi(&mut self, now: Instant, remote: IpAddr, spi: u32) {
+        if let Some(t) = self.last_invalid_spi.get(&remote) {
+            if now < *t + self.config.invalid_spi_interval {
+                return;
+            }
+        }
+        self.last_invalid_spi.insert(remote, now);
+        let id = self
+            .sas
+            .values()
+            .find(|sa| sa.state == SaState::Established && sa.remote.ip() == remote)
+            .map(|sa| sa.id);
+        if let Some(id) = id {
+            if let Some(mut sa) = self.sas.remove(&id) {
+                self.enqueue(now, &mut sa, Queued::InvalidSpi(spi));
+                self.finish(now, sa);
+            }
+        }
+    }
 
     /// Delete an IKE SA (and its CHILD SAs) with an INFORMATIONAL Delete.
-    pub fn terminate_ike_sa(&mut self, _now: Instant, id: IkeSaId) -> Result<(), EngineError> {
-        Err(EngineError::UnknownIkeSa(id))
+    pub fn terminate_ike_sa(&mut self, now: Instant, id: IkeSaId) -> Result<(), EngineError> {
+        self.now = Some(now);
+        let mut sa = self.sas.remove(&id).ok_or(EngineError::UnknownIkeSa(id))?;
+        if sa.state == SaState::Established {
+            sa.queue.clear();
+            if sa.rel.can_send() {
+                self.start_delete_ike(now, &mut sa);
+            } else {
+                sa.queue.push(Queued::DeleteIke);
+            }
+            self.finish(now, sa);
+        } else {
+            self.drop_sa(&mut sa, DownReason::LocalDelete);
+        }
+        Ok(())
     }
 
     /// Delete a CHILD SA by either of its SPIs.
-    pub fn terminate_child_sa(&mut self, _now: Instant, spi: u32) -> Result<(), EngineError> {
-        Err(EngineError::UnknownChildSa(spi))
+    pub fn terminate_child_sa(&mut self, now: Instant, spi: u32) -> Result<(), EngineError> {
+        self.now = Some(now);
+        let id = self.sa_of_child(spi).ok_or(EngineError::UnknownChildSa(spi))?;
+        let mut sa = self.sas.remove(&id).ok_or(EngineError::UnknownChildSa(spi))?;
+        let spi_in = sa.child_by_spi(spi).map(|i| sa.children[i].spi_in).unwrap_or(spi);
+        self.enqueue(now, &mut sa, Queued::DeleteChild(vec![spi_in]));
+        self.finish(now, sa);
+        Ok(())
     }
 
-    /// Start a CHILD SA rekey (operator command or byte/packet soft limit seen by the dataplane).
-    pub fn rekey_child_sa(&mut self, _now: Instant, spi: u32) -> Result<(), EngineError> {
-        Err(EngineError::UnknownChildSa(spi))
+    /// Start a CHILD SA rekey.
+    pub fn rekey_child_sa(&mut self, now: Instant, spi: u32) -> Result<(), EngineError> {
+        self.now = Some(now);
+        let id = self.sa_of_child(spi).ok_or(EngineError::UnknownChildSa(spi))?;
+        let mut sa = self.sas.remove(&id).ok_or(EngineError::UnknownChildSa(spi))?;
+        let c = sa.child_by_spi(spi).map(|i| (sa.children[i].name.clone(), sa.children[i].spi_in));
+        if let Some((name, spi_in)) = c {
+            self.enqueue(now, &mut sa, Queued::CreateChild { name, rekeys_spi_in: Some(spi_in) });
+        }
+        self.finish(now, sa);
+        Ok(())
     }
 
     /// Start an IKE SA rekey.
-    pub fn rekey_ike_sa(&mut self, _now: Instant, id: IkeSaId) -> Result<(), EngineError> {
-        Err(EngineError::UnknownIkeSa(id))
+    pub fn rekey_ike_sa(&mut self, now: Instant, id: IkeSaId) -> Result<(), EngineError> {
+        self.now = Some(now);
+        let mut sa = self.sas.remove(&id).ok_or(EngineError::UnknownIkeSa(id))?;
+        self.enqueue(now, &mut sa, Queued::RekeyIke);
+        self.finish(now, sa);
+        Ok(())
+    }
+
+    fn sa_of_child(&self, spi: u32) -> Option<IkeSaId> {
+        self.sas.values().find(|sa| sa.child_by_spi(spi).is_some()).map(|sa| sa.id)
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        None
+        self.transmits.pop_front()
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {
-        None
+        self.events.pop_front()
     }
 
     /// The earliest deadline at which `handle_timeout` must be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        None
+        let sa_min = self.sas.values().filter_map(|sa| sa.next_deadline()).min();
+        let half_open_min = self
+            .sas
+            .values()
+            .filter(|sa| sa.established.is_none())
+            .filter_map(|sa| sa.created.map(|c| c + self.config.half_open_timeout))
+            .min();
+        let restart = self.restarts.iter().map(|(t, _)| *t).min();
+        [sa_min, half_open_min, restart].into_iter().flatten().min()
     }
 
     pub fn ike_sas(&self) -> Vec<IkeSaInfo> {
-        Vec::new()
+        let now = self.now;
+        let secs = |t: Option<Instant>| -> Option<u64> { Some(now?.saturating_duration_since(t?).as_secs()) };
+        let until =
+            |t: Option<Instant>| -> Option<u64> { Some(t?.saturating_duration_since(now?).as_secs()) };
+        let mut v: Vec<IkeSaInfo> = self
+            .sas
+            .values()
+            .map(|sa| IkeSaInfo {
+                id: sa.id,
+                vpn: sa.vpn.clone(),
+                state: match sa.state {
+                    SaState::Established if sa.rekey_in_progress() => IkeSaState::Rekeying,
+                    SaState::Established => IkeSaState::Established,
+                    SaState::Deleting => IkeSaState::Deleting,
+                    _ => IkeSaState::Connecting,
+                },
+                initiator: sa.initiator,
+                spi_i: sa.spi_i,
+                spi_r: sa.spi_r,
+                local: sa.local,
+                remote: sa.remote,
+                local_id: sa.local_id.clone(),
+                remote_id: sa.remote_id.clone(),
+                encr: sa.suite.map(|s| s.encr),
+                prf: sa.suite.and_then(|s| s.prf),
+                integ: sa.suite.and_then(|s| s.integ),
+                dh: sa.suite.and_then(|s| s.dh),
+                nat_local: sa.nat_local,
+                nat_remote: sa.nat_remote,
+                established_secs: secs(sa.established),
+                rekey_in_secs: until(sa.rekey_at),
+                child_sas: sa.children.len(),
+            })
+            .collect();
+        v.sort_by(|a, b| (&a.vpn, a.id).cmp(&(&b.vpn, b.id)));
+        v
     }
 
     pub fn child_sas(&self) -> Vec<ChildSaInfo> {
-        Vec::new()
+        let now = self.now;
+        let mut v: Vec<ChildSaInfo> = self
+            .sas
+            .values()
+            .flat_map(|sa| {
+                sa.children.iter().map(move |c| ChildSaInfo {
+                    ike_sa: sa.id,
+                    vpn: sa.vpn.clone().unwrap_or_default(),
+                    child: c.name.clone(),
+                    reqid: c.reqid,
+                    spi_in: c.spi_in,
+                    spi_out: c.spi_out,
+                    mode: c.mode,
+                    encr: c.sel.encr,
+                    integ: c.sel.integ,
+                    dh: c.sel.dh,
+                    esn: c.sel.esn,
+                    local_ts: c.local_ts.clone(),
+                    remote_ts: c.remote_ts.clone(),
+                    udp_encap: sa.local.port() != 500 || sa.nat_local || sa.nat_remote,
+                    established_secs: match (now, c.created) {
+                        (Some(n), Some(t)) => n.saturating_duration_since(t).as_secs(),
+                        _ => 0,
+                    },
+                    rekey_in_secs: match (now, c.rekey_at) {
+                        (Some(n), Some(t)) => Some(t.saturating_duration_since(n).as_secs()),
+                        _ => None,
+                    },
+                })
+            })
+            .collect();
+        v.sort_by(|a, b| (&a.vpn, &a.child, a.spi_in).cmp(&(&b.vpn, &b.child, b.spi_in)));
+        v
     }
+}
+
+impl IkeSa {
+    fn rekey_in_progress(&self) -> bool {
+        matches!(self.request, Some(crate::sa::Request::RekeyIke(_)))
+    }
+}
+
+/// Jittered soft lifetime: `rekey - random(0..=rand)`.
+pub(crate) fn jitter(rekey: Duration, rand: Duration) -> Duration {
+    if rand.is_zero() {
+        return rekey;
+    }
+    let r = tandem_crypto::random_u64() % (rand.as_millis() as u64 + 1);
+    rekey.saturating_sub(Duration::from_millis(r))
 }

@@ -7,7 +7,16 @@
 pub mod api;
 pub mod config;
 mod endpoint;
+mod ex_auth;
+mod ex_child;
+mod ex_info;
+mod ex_init;
+mod ident;
 pub mod observer;
+pub mod proposal;
+pub mod reliability;
+pub mod sa;
+pub mod spi;
 
 pub use api::*;
 pub use config::*;

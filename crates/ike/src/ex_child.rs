@@ -1,0 +1,675 @@
+//! CHILD SA negotiation (in IKE_AUTH and CREATE_CHILD_SA, RFC 7296 sections 1.3, 2.9, 2.17) and the
+//! IKE SA rekey (section 1.3.2, 2.18).
+
+use crate::api::{ChildSaInstall, DownReason, Event};
+use crate::config::{ChildConfig, IpsecMode, PeerConfig};
+use crate::endpoint::{jitter, Endpoint};
+use crate::ex_auth::{mode_notify, wants_transport};
+use crate::ex_init::error_notify;
+use crate::proposal::{self, Selected};
+use crate::sa::{child_directions, ChildSa, IkeSa, PendingChild, PendingIkeRekey, Queued, Request, SaState};
+use std::time::Instant;
+use tandem_crypto::{
+    derive_child_keys, derive_rekeyed_ike_keys, random_vec, IkeSuite, KeyExchange, Proposal,
+};
+use tandem_wire::{ExchangeType, Notify, NotifyType, Payload, ProtocolId, TrafficSelector};
+use tracing::{debug, info, warn};
+use zeroize::Zeroizing;
+
+const NONCE_LEN: usize = 32;
+
+/// The responder nonce and optional PFS shared secret of a CREATE_CHILD_SA exchange.
+pub(crate) type ExchangeNonce = (Vec<u8>, Option<Zeroizing<Vec<u8>>>);
+
+fn find<T>(payloads: &[Payload], f: impl Fn(&Payload) -> Option<T>) -> Option<T> {
+    payloads.iter().find_map(f)
+}
+
+/// ESP proposals as used in IKE_AUTH, where no key exchange happens (RFC 7296 section 1.2).
+fn without_dh(props: &[Proposal]) -> Vec<Proposal> {
+    props.iter().map(|p| Proposal { dh: Vec::new(), ..p.clone() }).collect()
+}
+
+/// Intersections of the offered selectors with ours (narrowing, RFC 7296 section 2.9).
+fn narrow(offered: &[TrafficSelector], ours: &[TrafficSelector]) -> Vec<TrafficSelector> {
+    let mut out = Vec::new();
+    for o in offered {
+        for m in ours {
+            if let Some(x) = o.intersect(m) {
+                if !out.contains(&x) {
+                    out.push(x);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn within(returned: &[TrafficSelector], proposed: &[TrafficSelector]) -> bool {
+    !returned.is_empty() && returned.iter().all(|r| proposed.iter().any(|p| p.contains(r)))
+}
+
+fn spi_u32(spi: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(spi.try_into().ok()?))
+}
+
+fn spi_u64(spi: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(spi.try_into().ok()?))
+}
+
+impl Endpoint {
+    pub(crate) fn alloc_esp_spi(&self) -> u32 {
+        self.spis.esp_spi(|s| self.sas.values().any(|sa| sa.children.iter().any(|c| c.spi_in == s)))
+    }
+
+    /// SA, [Nonce, KE,] TSi, TSr and mode notify of a CHILD SA request.
+    pub(crate) fn child_request_payloads(
+        &self,
+        child: &ChildConfig,
+        pending: &PendingChild,
+        create_child: bool,
+    ) -> Vec<Payload> {
+        let props = if create_child { child.esp_proposals.clone() } else { without_dh(&child.esp_proposals) };
+        let mut v = Vec::new();
+        if let Some(old) = pending.rekeys_spi_in {
+            v.push(Payload::Notify(Notify {
+                protocol: ProtocolId::ESP,
+                spi: old.to_be_bytes().to_vec(),
+                notify_type: NotifyType::REKEY_SA,
+                data: vec![],
+            }));
+        }
+        v.extend(mode_notify(child.mode));
+        v.push(Payload::Sa(proposal::to_wire(&props, ProtocolId::ESP, &pending.spi_in.to_be_bytes())));
+        if create_child {
+            v.push(Payload::Nonce(pending.nonce.clone()));
+            if let Some(ke) = &pending.ke {
+                v.push(Payload::Ke { dh_group: ke.group().transform_id(), data: ke.public_value().to_vec() });
+            }
+        }
+        v.push(Payload::TsI(pending.local_ts.clone()));
+        v.push(Payload::TsR(pending.remote_ts.clone()));
+        v
+    }
+
+    /// Record a negotiated CHILD SA and tell the dataplane.
+    #[allow(clippy::too_many_arguments)]
+    fn install_child(
+        &mut self,
+        now: Instant,
+        sa: &mut IkeSa,
+        child: &ChildConfig,
+        sel: Selected,
+        mode: IpsecMode,
+        spi_in: u32,
+        spi_out: u32,
+        local_ts: Vec<TrafficSelector>,
+        remote_ts: Vec<TrafficSelector>,
+        keys: tandem_crypto::ChildKeys,
+        we_initiated: bool,
+        replaces: Option<u32>,
+    ) {
+        let vpn = sa.vpn.clone().unwrap_or_default();
+        let reqid = self.reqid(&vpn, &child.name);
+        let (keys_in, keys_out) = child_directions(keys, we_initiated);
+        let lt = child.lifetimes;
+        let udp_encap = sa.local.port() != 500 || sa.nat_local || sa.nat_remote;
+        self.events.push_back(Event::ChildSaUp(Box::new(ChildSaInstall {
+            ike_sa: sa.id,
+            vpn: vpn.clone(),
+            child: child.name.clone(),
+            reqid,
+            spi_in,
+            spi_out,
+            mode,
+            encr: sel.encr,
+            integ: sel.integ,
+            esn: sel.esn,
+            keys_in: keys_in.clone(),
+            keys_out: keys_out.clone(),
+            local_ts: local_ts.clone(),
+            remote_ts: remote_ts.clone(),
+            local: sa.local,
+            remote: sa.remote,
+            udp_encap,
+            replay_window: child.replay_window,
+            lifetimes: lt,
+            replaces_spi_in: replaces,
+        })));
+        info!(target: "ike", vpn, child = %child.name, spi_in = format_args!("{spi_in:#010x}"),
+              spi_out = format_args!("{spi_out:#010x}"), "CHILD SA established");
+        sa.children.push(ChildSa {
+            name: child.name.clone(),
+            reqid,
+            spi_in,
+            spi_out,
+            sel,
+            mode,
+            local_ts,
+            remote_ts,
+            keys_in,
+            keys_out,
+            rekeyed: false,
+            created: Some(now),
+            rekey_at: lt.rekey_time.map(|r| now + jitter(r, lt.rand_time)),
+            expire_at: lt.life_time.map(|l| now + l),
+        });
+    }
+
+    /// Responder side of a CHILD SA (IKE_AUTH when `exchange_ni` is None, else CREATE_CHILD_SA).
+    pub(crate) fn respond_child(
+        &mut self,
+        now: Instant,
+        sa: &mut IkeSa,
+        peer: &PeerConfig,
+        req: &[Payload],
+        exchange_ni: Option<&[u8]>,
+        rekeys: Option<usize>,
+    ) -> Vec<Payload> {
+        let err = |t: NotifyType| vec![Payload::Notify(Notify::new(t, vec![]))];
+        let offered =
+            find(req, |p| if let Payload::Sa(v) = p { Some(v.clone()) } else { None }).unwrap_or_default();
+        let tsi =
+            find(req, |p| if let Payload::TsI(v) = p { Some(v.clone()) } else { None }).unwrap_or_default();
+        let tsr =
+            find(req, |p| if let Payload::TsR(v) = p { Some(v.clone()) } else { None }).unwrap_or_default();
+        let create_child = exchange_ni.is_some();
+        let mut any_proposal = false;
+        let mut chosen = None;
+        for child in &peer.children {
+            if let Some(i) = rekeys {
+                if sa.children[i].name != child.name {
+                    continue;
+                }
+            }
+            let ours =
+                if create_child { child.esp_proposals.clone() } else { without_dh(&child.esp_proposals) };
+            let Some((_, spi, sel)) = proposal::select(&offered, &ours, ProtocolId::ESP) else { continue };
+            any_proposal = true;
+            let (n_i, n_r) = (narrow(&tsi, &child.remote_ts), narrow(&tsr, &child.local_ts));
+            if n_i.is_empty() || n_r.is_empty() {
+                continue;
+            }
+            chosen = Some((child.clone(), spi, sel, n_i, n_r));
+            break;
+        }
+        let Some((child, spi, sel, remote_ts, local_ts)) = chosen else {
+            let t = if any_proposal { NotifyType::TS_UNACCEPTABLE } else { NotifyType::NO_PROPOSAL_CHOSEN };
+            info!(target: "ike", vpn = ?sa.vpn, "refusing CHILD SA: {t}");
+            return err(t);
+        };
+        let Some(spi_out) = spi_u32(&spi) else { return err(NotifyType::INVALID_SYNTAX) };
+        let mode = if wants_transport(req) && child.mode == IpsecMode::Transport {
+            IpsecMode::Transport
+        } else {
+            IpsecMode::Tunnel
+        };
+        let mut out = Vec::new();
+        let (ni, nr, shared) = match exchange_ni {
+            None => (sa.ni.clone(), sa.nr.clone(), None),
+            Some(ni) => {
+                let nr = random_vec(NONCE_LEN);
+                let mut shared = None;
+                if let Some(group) = sel.dh {
+                    let ke = find(req, |p| {
+                        if let Payload::Ke { dh_group, data } = p {
+                            Some((*dh_group, data.clone()))
+                        } else {
+                            None
+                        }
+                    });
+                    match ke {
+                        Some((g, data)) if g == group.transform_id() => {
+                            let Ok(k) = KeyExchange::generate(group) else {
+                                return err(NotifyType::NO_PROPOSAL_CHOSEN);
+                            };
+                            let Ok(s) = k.compute_shared(&data) else {
+                                return err(NotifyType::INVALID_SYNTAX);
+                            };
+                            shared = Some(s);
+                            out.push(Payload::Ke { dh_group: g, data: k.public_value().to_vec() });
+                        }
+                        _ => {
+                            return vec![Payload::Notify(Notify::new(
+                                NotifyType::INVALID_KE_PAYLOAD,
+                                group.transform_id().to_be_bytes().to_vec(),
+                            ))]
+                        }
+                    }
+                }
+                (ni.to_vec(), nr, shared)
+            }
+        };
+        let (Some(keys_d), Some(prf)) = (sa.keys.as_ref(), sa.suite.and_then(|s| s.prf)) else {
+            return err(NotifyType::NO_PROPOSAL_CHOSEN);
+        };
+        let Ok(keys) = derive_child_keys(
+            prf,
+            &keys_d.sk_d,
+            shared.as_ref().map(|s| s.as_slice()),
+            &ni,
+            &nr,
+            sel.encr,
+            sel.integ,
+        ) else {
+            return err(NotifyType::NO_PROPOSAL_CHOSEN);
+        };
+        let spi_in = self.alloc_esp_spi();
+        let replaces = rekeys.map(|i| {
+            sa.children[i].rekeyed = true;
+            sa.children[i].spi_in
+        });
+        self.install_child(
+            now,
+            sa,
+            &child,
+            sel,
+            mode,
+            spi_in,
+            spi_out,
+            local_ts.clone(),
+            remote_ts.clone(),
+            keys,
+            false,
+            replaces,
+        );
+        let mut resp = Vec::new();
+        resp.extend(mode_notify(mode));
+        resp.push(Payload::Sa(vec![proposal::selected_to_wire(
+            &sel,
+            1,
+            ProtocolId::ESP,
+            &spi_in.to_be_bytes(),
+        )]));
+        if exchange_ni.is_some() {
+            resp.push(Payload::Nonce(nr));
+        }
+        resp.extend(out);
+        resp.push(Payload::TsI(remote_ts));
+        resp.push(Payload::TsR(local_ts));
+        resp
+    }
+
+    /// Initiator side: interpret the CHILD SA part of a response.
+    pub(crate) fn complete_child_as_initiator(
+        &mut self,
+        now: Instant,
+        sa: &mut IkeSa,
+        resp: &[Payload],
+        pending: PendingChild,
+        exchange: Option<ExchangeNonce>,
+    ) {
+        let vpn = sa.vpn.clone().unwrap_or_default();
+        let Some(child) =
+            self.peer(&vpn).and_then(|p| p.children.iter().find(|c| c.name == pending.name)).cloned()
+        else {
+            return;
+        };
+        if let Some(e) = error_notify(resp) {
+            warn!(target: "ike", vpn, child = %child.name, "CHILD SA refused by peer: {e}");
+            self.events.push_back(Event::Failure {
+                vpn: Some(vpn),
+                message: format!("CHILD SA {} refused: {e}", child.name),
+            });
+            return;
+        }
+        let create_child = exchange.is_some();
+        let ours = if create_child { child.esp_proposals.clone() } else { without_dh(&child.esp_proposals) };
+        let returned =
+            find(resp, |p| if let Payload::Sa(v) = p { Some(v.clone()) } else { None }).unwrap_or_default();
+        let tsi =
+            find(resp, |p| if let Payload::TsI(v) = p { Some(v.clone()) } else { None }).unwrap_or_default();
+        let tsr =
+            find(resp, |p| if let Payload::TsR(v) = p { Some(v.clone()) } else { None }).unwrap_or_default();
+        let Some((spi, sel)) = proposal::accept_response(&returned, &ours, ProtocolId::ESP) else {
+            warn!(target: "ike", vpn, "CHILD SA response has no acceptable proposal");
+            return;
+        };
+        let Some(spi_out) = spi_u32(&spi) else { return };
+        if !within(&tsi, &pending.local_ts) || !within(&tsr, &pending.remote_ts) {
+            warn!(target: "ike", vpn, "peer returned traffic selectors we did not propose");
+            return;
+        }
+        let mode = if child.mode == IpsecMode::Transport && wants_transport(resp) {
+            IpsecMode::Transport
+        } else {
+            IpsecMode::Tunnel
+        };
+        let (ni, nr, shared) = match exchange {
+            None => (sa.ni.clone(), sa.nr.clone(), None),
+            Some((nr, shared)) => (pending.nonce.clone(), nr, shared),
+        };
+        if sel.dh.is_some() && shared.is_none() && create_child {
+            warn!(target: "ike", vpn, "PFS group chosen but no KE answered");
+            return;
+        }
+        let (Some(k), Some(prf)) = (sa.keys.as_ref(), sa.suite.and_then(|s| s.prf)) else { return };
+        let Ok(keys) = derive_child_keys(
+            prf,
+            &k.sk_d,
+            shared.as_ref().map(|s| s.as_slice()),
+            &ni,
+            &nr,
+            sel.encr,
+            sel.integ,
+        ) else {
+            return;
+        };
+        let replaces = pending.rekeys_spi_in;
+        self.install_child(
+            now,
+            sa,
+            &child,
+            sel,
+            mode,
+            pending.spi_in,
+            spi_out,
+            tsi,
+            tsr,
+            keys,
+            true,
+            replaces,
+        );
+        if let Some(old) = replaces {
+            if let Some(i) = sa.children.iter().position(|c| c.spi_in == old) {
+                sa.children[i].rekeyed = true;
+            }
+            sa.queue.insert(0, Queued::DeleteChild(vec![old]));
+        }
+    }
+
+    /// Start a CREATE_CHILD_SA exchange for a new CHILD SA or a rekey of `rekeys_spi_in`.
+    pub(crate) fn start_create_child(
+        &mut self,
+        now: Instant,
+        sa: &mut IkeSa,
+        name: &str,
+        rekeys_spi_in: Option<u32>,
+    ) {
+        let vpn = sa.vpn.clone().unwrap_or_default();
+        let Some(child) = self.peer(&vpn).and_then(|p| p.children.iter().find(|c| c.name == name)).cloned()
+        else {
+            return;
+        };
+        let old = rekeys_spi_in.and_then(|s| sa.children.iter().find(|c| c.spi_in == s));
+        if rekeys_spi_in.is_some() && old.is_none_or(|c| c.rekeyed) {
+            return; // already rekeyed or gone (e.g. the peer rekeyed it first)
+        }
+        let (local_ts, remote_ts) = match old {
+            Some(c) => (c.local_ts.clone(), c.remote_ts.clone()),
+            None => (child.local_ts.clone(), child.remote_ts.clone()),
+        };
+        let group = child.esp_proposals.first().and_then(|p| p.dh.first().copied());
+        let ke = match group.map(KeyExchange::generate) {
+            Some(Ok(k)) => Some(k),
+            Some(Err(_)) => return,
+            None => None,
+        };
+        let pending = PendingChild {
+            name: name.to_string(),
+            spi_in: self.alloc_esp_spi(),
+            local_ts,
+            remote_ts,
+            rekeys_spi_in,
+            nonce: random_vec(NONCE_LEN),
+            ke,
+        };
+        debug!(target: "ike", vpn, child = name, rekey = rekeys_spi_in.is_some(), "CREATE_CHILD_SA");
+        let payloads = self.child_request_payloads(&child, &pending, true);
+        self.send_request(now, sa, ExchangeType::CREATE_CHILD_SA, payloads, Request::CreateChild(pending));
+    }
+
+    pub(crate) fn initiator_child_response(
+        &mut self,
+        now: Instant,
+        sa: &mut IkeSa,
+        resp: Vec<Payload>,
+        pending: PendingChild,
+    ) {
+        let nr = find(&resp, |p| if let Payload::Nonce(n) = p { Some(n.clone()) } else { None });
+        let ke = find(&resp, |p| if let Payload::Ke { data, .. } = p { Some(data.clone()) } else { None });
+        if let Some(n) = find(&resp, |p| match p {
+            Payload::Notify(n) if n.notify_type == NotifyType::INVALID_KE_PAYLOAD => Some(n.clone()),
+            _ => None,
+        }) {
+            debug!(target: "ike", "CREATE_CHILD_SA: INVALID_KE_PAYLOAD {:?}", n.data);
+        }
+        let shared = match (&pending.ke, ke) {
+            (Some(k), Some(data)) => match k.compute_shared(&data) {
+                Ok(s) => Some(s),
+                Err(_) => return,
+            },
+            _ => None,
+        };
+        match nr {
+            Some(nr) => self.complete_child_as_initiator(now, sa, &resp, pending, Some((nr, shared))),
+            None => self.complete_child_as_initiator(now, sa, &resp, pending, Some((Vec::new(), None))),
+        }
+    }
+
+    /// Responder: a CREATE_CHILD_SA request (new CHILD SA, CHILD SA rekey or IKE SA rekey).
+    pub(crate) fn responder_create_child(
+        &mut self,
+        now: Instant,
+        sa: &mut IkeSa,
+        req: Vec<Payload>,
+    ) -> Vec<Payload> {
+        let err = |t: NotifyType| vec![Payload::Notify(Notify::new(t, vec![]))];
+        let Some(peer) = sa.vpn.as_ref().and_then(|v| self.peer(v)).cloned() else {
+            return err(NotifyType::NO_ADDITIONAL_SAS);
+        };
+        let Some(ni) = find(&req, |p| if let Payload::Nonce(n) = p { Some(n.clone()) } else { None }) else {
+            return err(NotifyType::INVALID_SYNTAX);
+        };
+        let offered =
+            find(&req, |p| if let Payload::Sa(v) = p { Some(v.clone()) } else { None }).unwrap_or_default();
+        if offered.iter().any(|p| p.protocol == ProtocolId::IKE) {
+            return self.responder_rekey_ike(now, sa, &peer, &req, &ni);
+        }
+        let rekey = find(&req, |p| match p {
+            Payload::Notify(n) if n.notify_type == NotifyType::REKEY_SA => Some(n.spi.clone()),
+            _ => None,
+        });
+        let rekeys = match rekey {
+            None => None,
+            Some(spi) => match spi_u32(&spi).and_then(|s| sa.children.iter().position(|c| c.spi_out == s)) {
+                Some(i) => Some(i),
+                None => {
+                    return vec![Payload::Notify(Notify {
+                        protocol: ProtocolId::ESP,
+                        spi,
+                        notify_type: NotifyType::CHILD_SA_NOT_FOUND,
+                        data: vec![],
+                    })]
+                }
+            },
+        };
+        self.respond_child(now, sa, &peer, &req, Some(&ni), rekeys)
+    }
+
+    fn responder_rekey_ike(
+        &mut self,
+        now: Instant,
+        sa: &mut IkeSa,
+        peer: &PeerConfig,
+        req: &[Payload],
+        ni: &[u8],
+    ) -> Vec<Payload> {
+        let err = |t: NotifyType| vec![Payload::Notify(Notify::new(t, vec![]))];
+        let offered =
+            find(req, |p| if let Payload::Sa(v) = p { Some(v.clone()) } else { None }).unwrap_or_default();
+        let Some((number, spi, sel)) = proposal::select(&offered, &peer.ike_proposals, ProtocolId::IKE)
+        else {
+            return err(NotifyType::NO_PROPOSAL_CHOSEN);
+        };
+        let (Some(group), Some(peer_spi)) = (sel.dh, spi_u64(&spi)) else {
+            return err(NotifyType::INVALID_SYNTAX);
+        };
+        let ke = find(req, |p| {
+            if let Payload::Ke { dh_group, data } = p {
+                Some((*dh_group, data.clone()))
+            } else {
+                None
+            }
+        });
+        let Some((_, data)) = ke.filter(|(g, _)| *g == group.transform_id()) else {
+            return vec![Payload::Notify(Notify::new(
+                NotifyType::INVALID_KE_PAYLOAD,
+                group.transform_id().to_be_bytes().to_vec(),
+            ))];
+        };
+        let Ok(k) = KeyExchange::generate(group) else { return err(NotifyType::NO_PROPOSAL_CHOSEN) };
+        let Ok(shared) = k.compute_shared(&data) else { return err(NotifyType::INVALID_SYNTAX) };
+        let nr = random_vec(NONCE_LEN);
+        let new_id = self.spis.ike_spi(|s| self.sas.contains_key(&s) || s == sa.id);
+        let Some(new) = self.rekeyed_sa(now, sa, peer, sel, false, peer_spi, new_id, ni, &nr, &shared) else {
+            return err(NotifyType::NO_PROPOSAL_CHOSEN);
+        };
+        info!(target: "ike", vpn = %peer.name, old = format_args!("{:#018x}", sa.id), new = format_args!("{new_id:#018x}"), "IKE SA rekeyed (responder)");
+        self.sas.insert(new.id, new);
+        vec![
+            Payload::Sa(vec![proposal::selected_to_wire(
+                &sel,
+                number,
+                ProtocolId::IKE,
+                &new_id.to_be_bytes(),
+            )]),
+            Payload::Nonce(nr),
+            Payload::Ke { dh_group: group.transform_id(), data: k.public_value().to_vec() },
+        ]
+    }
+
+    /// Build the IKE SA that replaces `old` after a rekey; moves the CHILD SAs over.
+    #[allow(clippy::too_many_arguments)]
+    fn rekeyed_sa(
+        &mut self,
+        now: Instant,
+        old: &mut IkeSa,
+        peer: &PeerConfig,
+        sel: Selected,
+        we_initiated: bool,
+        peer_spi: u64,
+        our_spi: u64,
+        ni: &[u8],
+        nr: &[u8],
+        shared: &[u8],
+    ) -> Option<IkeSa> {
+        let old_prf = old.suite?.prf?;
+        let old_keys = old.keys.as_ref()?;
+        let suite = IkeSuite { encr: sel.encr, prf: sel.prf?, integ: sel.integ };
+        let (spi_i, spi_r) = if we_initiated { (our_spi, peer_spi) } else { (peer_spi, our_spi) };
+        let keys =
+            derive_rekeyed_ike_keys(old_prf, &old_keys.sk_d, &suite, shared, ni, nr, spi_i, spi_r).ok()?;
+        let mut new = IkeSa::new(our_spi, we_initiated, old.local, old.remote, now);
+        new.spi_i = spi_i;
+        new.spi_r = spi_r;
+        new.vpn = old.vpn.clone();
+        new.nat_local = old.nat_local;
+        new.nat_remote = old.nat_remote;
+        new.suite = Some(sel);
+        new.keys = Some(keys);
+        new.ni = ni.to_vec();
+        new.nr = nr.to_vec();
+        new.local_id = old.local_id.clone();
+        new.remote_id = old.remote_id.clone();
+        new.children = std::mem::take(&mut old.children);
+        new.state = SaState::Established;
+        new.established = Some(now);
+        let lt = &peer.ike_lifetimes;
+        new.rekey_at = lt.rekey_time.map(|r| now + jitter(r, lt.rand_time));
+        new.expire_at = lt.life_time.map(|l| now + l);
+        new.dpd_at = peer.dpd_delay.map(|d| now + d);
+        old.superseded = true;
+        old.rekey_at = None;
+        old.expire_at = None;
+        old.dpd_at = None;
+        Some(new)
+    }
+
+    pub(crate) fn start_rekey_ike(&mut self, now: Instant, sa: &mut IkeSa) {
+        let Some(peer) = sa.vpn.as_ref().and_then(|v| self.peer(v)).cloned() else { return };
+        if sa.superseded {
+            return;
+        }
+        let group = sa
+            .suite
+            .and_then(|s| s.dh)
+            .or_else(|| peer.ike_proposals.first().and_then(|p| p.dh.first().copied()));
+        let Some(Ok(ke)) = group.map(KeyExchange::generate) else { return };
+        let new_spi = self.spis.ike_spi(|s| self.sas.contains_key(&s) || s == sa.id);
+        let nonce = random_vec(NONCE_LEN);
+        let payloads = vec![
+            Payload::Sa(proposal::to_wire(&peer.ike_proposals, ProtocolId::IKE, &new_spi.to_be_bytes())),
+            Payload::Nonce(nonce.clone()),
+            Payload::Ke { dh_group: ke.group().transform_id(), data: ke.public_value().to_vec() },
+        ];
+        debug!(target: "ike", vpn = %peer.name, "rekeying IKE SA");
+        self.send_request(
+            now,
+            sa,
+            ExchangeType::CREATE_CHILD_SA,
+            payloads,
+            Request::RekeyIke(PendingIkeRekey { new_spi, nonce, ke: Some(ke) }),
+        );
+    }
+
+    pub(crate) fn initiator_rekey_ike_response(
+        &mut self,
+        now: Instant,
+        sa: &mut IkeSa,
+        resp: Vec<Payload>,
+        pending: PendingIkeRekey,
+    ) {
+        let Some(peer) = sa.vpn.as_ref().and_then(|v| self.peer(v)).cloned() else { return };
+        if let Some(e) = error_notify(&resp) {
+            warn!(target: "ike", vpn = %peer.name, "IKE SA rekey refused: {e}");
+            return;
+        }
+        let returned =
+            find(&resp, |p| if let Payload::Sa(v) = p { Some(v.clone()) } else { None }).unwrap_or_default();
+        let nr = find(&resp, |p| if let Payload::Nonce(n) = p { Some(n.clone()) } else { None });
+        let ke = find(&resp, |p| if let Payload::Ke { data, .. } = p { Some(data.clone()) } else { None });
+        let (Some((spi, sel)), Some(nr), Some(ke_data), Some(our_ke)) =
+            (proposal::accept_response(&returned, &peer.ike_proposals, ProtocolId::IKE), nr, ke, pending.ke)
+        else {
+            warn!(target: "ike", vpn = %peer.name, "bad IKE SA rekey response");
+            return;
+        };
+        let (Some(peer_spi), Ok(shared)) = (spi_u64(&spi), our_ke.compute_shared(&ke_data)) else { return };
+        let Some(new) = self.rekeyed_sa(
+            now,
+            sa,
+            &peer,
+            sel,
+            true,
+            peer_spi,
+            pending.new_spi,
+            &pending.nonce,
+            &nr,
+            &shared,
+        ) else {
+            return;
+        };
+        info!(target: "ike", vpn = %peer.name, old = format_args!("{:#018x}", sa.id), new = format_args!("{:#018x}", new.id), "IKE SA rekeyed (initiator)");
+        self.sas.insert(new.id, new);
+        sa.queue.clear();
+        sa.queue.push(Queued::DeleteIke);
+    }
+
+    pub(crate) fn remove_child(&mut self, sa: &mut IkeSa, spi_in: u32, reason: DownReason) {
+        if let Some(i) = sa.children.iter().position(|c| c.spi_in == spi_in) {
+            let c = sa.children.remove(i);
+            let reason = if c.rekeyed { DownReason::Rekeyed } else { reason };
+            info!(target: "ike", vpn = ?sa.vpn, child = %c.name, spi_in = format_args!("{:#010x}", c.spi_in), ?reason, "CHILD SA down");
+            self.events.push_back(Event::ChildSaDown {
+                ike_sa: sa.id,
+                vpn: sa.vpn.clone().unwrap_or_default(),
+                child: c.name,
+                reqid: c.reqid,
+                spi_in: c.spi_in,
+                spi_out: c.spi_out,
+                reason,
+            });
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! State of one IKE SA and its CHILD SAs. Everything except timers and the in-flight key exchange is
+//! serializable, so a standby can later rebuild the SA from an `SaObserver` snapshot.
+
+use crate::api::{DirectionKeys, IkeSaId};
+use crate::config::{Identity, IpsecMode};
+use crate::proposal::Selected;
+use crate::reliability::Reliability;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::time::Instant;
+use tandem_crypto::{IkeKeys, KeyExchange, SkCrypter};
+use tandem_wire::TrafficSelector;
+use zeroize::Zeroizing;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SaState {
+    /// Initiator: IKE_SA_INIT sent.
+    InitSent,
+    /// Responder: IKE_SA_INIT answered, waiting for IKE_AUTH.
+    InitDone,
+    /// Initiator: IKE_AUTH sent.
+    AuthSent,
+    Established,
+    /// Delete sent; waiting for the answer.
+    Deleting,
+}
+
+/// One CHILD SA (a pair of ESP SAs).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChildSa {
+    pub name: String,
+    pub reqid: u32,
+    pub spi_in: u32,
+    pub spi_out: u32,
+    pub sel: Selected,
+    pub mode: IpsecMode,
+    pub local_ts: Vec<TrafficSelector>,
+    pub remote_ts: Vec<TrafficSelector>,
+    pub keys_in: DirectionKeys,
+    pub keys_out: DirectionKeys,
+    /// Set once a rekey replaced it (kept until the Delete exchange completes).
+    pub rekeyed: bool,
+    #[serde(skip)]
+    pub created: Option<Instant>,
+    #[serde(skip)]
+    pub rekey_at: Option<Instant>,
+    #[serde(skip)]
+    pub expire_at: Option<Instant>,
+}
+
+/// A CHILD SA we are negotiating as the exchange initiator.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PendingChild {
+    pub name: String,
+    pub spi_in: u32,
+    pub local_ts: Vec<TrafficSelector>,
+    pub remote_ts: Vec<TrafficSelector>,
+    /// SPI (inbound) of the CHILD SA this one rekeys.
+    pub rekeys_spi_in: Option<u32>,
+    pub nonce: Vec<u8>,
+    #[serde(skip)]
+    pub ke: Option<KeyExchange>,
+}
+
+/// A new IKE SA we are negotiating as the rekey initiator.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PendingIkeRekey {
+    pub new_spi: u64,
+    pub nonce: Vec<u8>,
+    #[serde(skip)]
+    pub ke: Option<KeyExchange>,
+}
+
+/// What our outstanding request was, so its response can be interpreted.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Request {
+    SaInit,
+    Auth(Option<PendingChild>),
+    CreateChild(PendingChild),
+    RekeyIke(PendingIkeRekey),
+    DeleteChild(Vec<u32>),
+    DeleteIke,
+    Liveness,
+    Notify,
+}
+
+/// A request waiting for the window (window size 1).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Queued {
+    CreateChild { name: String, rekeys_spi_in: Option<u32> },
+    RekeyIke,
+    DeleteChild(Vec<u32>),
+    DeleteIke,
+    Liveness,
+    InvalidSpi(u32),
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct IkeSa {
+    pub id: IkeSaId,
+    /// We are the original initiator (we sent the IKE_SA_INIT request).
+    pub initiator: bool,
+    pub spi_i: u64,
+    pub spi_r: u64,
+    pub vpn: Option<String>,
+    /// Responder before IKE_AUTH: the vpns this SA may turn out to belong to.
+    pub candidates: Vec<String>,
+    pub state: SaState,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub nat_local: bool,
+    pub nat_remote: bool,
+    pub suite: Option<Selected>,
+    pub keys: Option<IkeKeys>,
+    pub ni: Vec<u8>,
+    pub nr: Vec<u8>,
+    pub init_request: Vec<u8>,
+    pub init_response: Vec<u8>,
+    pub cookie: Option<Vec<u8>>,
+    pub local_id: Option<Identity>,
+    pub remote_id: Option<Identity>,
+    pub children: Vec<ChildSa>,
+    pub rel: Reliability,
+    pub request: Option<Request>,
+    pub queue: Vec<Queued>,
+    /// Set when a rekeyed IKE SA replaced this one: delete without reporting CHILD SAs down.
+    pub superseded: bool,
+    /// Why the SA is being deleted, once it is.
+    pub down_reason: Option<crate::api::DownReason>,
+    #[serde(skip)]
+    pub ke: Option<KeyExchange>,
+    #[serde(skip)]
+    pub created: Option<Instant>,
+    #[serde(skip)]
+    pub established: Option<Instant>,
+    #[serde(skip)]
+    pub last_received: Option<Instant>,
+    #[serde(skip)]
+    pub rekey_at: Option<Instant>,
+    #[serde(skip)]
+    pub expire_at: Option<Instant>,
+    #[serde(skip)]
+    pub dpd_at: Option<Instant>,
+}
+
+/// Which SK keys protect messages in each direction.
+pub struct SkPair {
+    pub outbound: SkCrypter,
+    pub inbound: SkCrypter,
+}
+
+impl IkeSa {
+    pub fn new(id: IkeSaId, initiator: bool, local: SocketAddr, remote: SocketAddr, now: Instant) -> Self {
+        IkeSa {
+            id,
+            initiator,
+            spi_i: if initiator { id } else { 0 },
+            spi_r: if initiator { 0 } else { id },
+            vpn: None,
+            candidates: Vec::new(),
+            state: if initiator { SaState::InitSent } else { SaState::InitDone },
+            local,
+            remote,
+            nat_local: false,
+            nat_remote: false,
+            suite: None,
+            keys: None,
+            ni: Vec::new(),
+            nr: Vec::new(),
+            init_request: Vec::new(),
+            init_response: Vec::new(),
+            cookie: None,
+            local_id: None,
+            remote_id: None,
+            children: Vec::new(),
+            rel: Reliability::default(),
+            request: None,
+            queue: Vec::new(),
+            superseded: false,
+            down_reason: None,
+            ke: None,
+            created: Some(now),
+            established: None,
+            last_received: Some(now),
+            rekey_at: None,
+            expire_at: None,
+            dpd_at: None,
+        }
+    }
+
+    /// The SK crypters for this SA, or `None` before keys exist.
+    pub fn crypters(&self) -> Option<SkPair> {
+        let keys = self.keys.as_ref()?;
+        let suite = self.suite?;
+        let (e_out, a_out, e_in, a_in) = if self.initiator {
+            (&keys.sk_ei, &keys.sk_ai, &keys.sk_er, &keys.sk_ar)
+        } else {
+            (&keys.sk_er, &keys.sk_ar, &keys.sk_ei, &keys.sk_ai)
+        };
+        Some(SkPair {
+            outbound: SkCrypter::new(suite.encr, suite.integ, e_out, a_out).ok()?,
+            inbound: SkCrypter::new(suite.encr, suite.integ, e_in, a_in).ok()?,
+        })
+    }
+
+    pub fn child_by_spi(&self, spi: u32) -> Option<usize> {
+        self.children.iter().position(|c| c.spi_in == spi || c.spi_out == spi)
+    }
+
+    /// Earliest of this SA's deadlines.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let mut d =
+            [self.rel.deadline(), self.rekey_at, self.expire_at, self.dpd_at].into_iter().flatten().min();
+        for c in &self.children {
+            for t in [c.rekey_at, c.expire_at].into_iter().flatten() {
+                d = Some(d.map_or(t, |x: Instant| x.min(t)));
+            }
+        }
+        d
+    }
+}
+
+/// Split CHILD SA keys into inbound/outbound for the side that did (or did not) initiate the exchange.
+pub fn child_directions(
+    keys: tandem_crypto::ChildKeys,
+    we_initiated: bool,
+) -> (DirectionKeys, DirectionKeys) {
+    let i = DirectionKeys { encr_key: keys.encr_i.clone(), integ_key: keys.integ_i.clone() };
+    let r = DirectionKeys { encr_key: keys.encr_r.clone(), integ_key: keys.integ_r.clone() };
+    if we_initiated {
+        (r, i)
+    } else {
+        (i, r)
+    }
+}
+
+/// A zeroizing copy of a nonce or key.
+pub fn secret(v: &[u8]) -> Zeroizing<Vec<u8>> {
+    Zeroizing::new(v.to_vec())
+}
