@@ -24,16 +24,22 @@ pub const ATTR_KEY_LENGTH: u16 = 14;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum EncrAlg {
     /// ENCR_AES_CBC (12) with a 128-bit key.
+    #[serde(rename = "aes128")]
     AesCbc128,
     /// ENCR_AES_CBC (12) with a 192-bit key.
+    #[serde(rename = "aes192")]
     AesCbc192,
     /// ENCR_AES_CBC (12) with a 256-bit key.
+    #[serde(rename = "aes256")]
     AesCbc256,
     /// ENCR_AES_GCM_16 (20) with a 128-bit key (RFC 4106 / RFC 5282).
+    #[serde(rename = "aes128gcm16")]
     AesGcm16_128,
     /// ENCR_AES_GCM_16 (20) with a 256-bit key.
+    #[serde(rename = "aes256gcm16")]
     AesGcm16_256,
     /// ENCR_CHACHA20_POLY1305 (28), RFC 7634.
+    #[serde(rename = "chacha20poly1305")]
     ChaCha20Poly1305,
 }
 
@@ -139,12 +145,16 @@ impl EncrAlg {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum PrfAlg {
     /// PRF_HMAC_SHA1 (2).
+    #[serde(rename = "prfsha1")]
     HmacSha1,
     /// PRF_HMAC_SHA2_256 (5).
+    #[serde(rename = "prfsha256")]
     HmacSha256,
     /// PRF_HMAC_SHA2_384 (6).
+    #[serde(rename = "prfsha384")]
     HmacSha384,
     /// PRF_HMAC_SHA2_512 (7).
+    #[serde(rename = "prfsha512")]
     HmacSha512,
 }
 
@@ -189,12 +199,16 @@ impl PrfAlg {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum IntegAlg {
     /// AUTH_HMAC_SHA1_96 (2).
+    #[serde(rename = "sha1")]
     HmacSha1_96,
     /// AUTH_HMAC_SHA2_256_128 (12), RFC 4868.
+    #[serde(rename = "sha256")]
     HmacSha256_128,
     /// AUTH_HMAC_SHA2_384_192 (13).
+    #[serde(rename = "sha384")]
     HmacSha384_192,
     /// AUTH_HMAC_SHA2_512_256 (14).
+    #[serde(rename = "sha512")]
     HmacSha512_256,
 }
 
@@ -249,14 +263,19 @@ impl IntegAlg {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum DhGroup {
     /// 2048-bit MODP group (14), RFC 3526.
+    #[serde(rename = "modp2048")]
     Modp2048,
     /// 3072-bit MODP group (15), RFC 3526.
+    #[serde(rename = "modp3072")]
     Modp3072,
     /// 256-bit random ECP group (19), RFC 5903.
+    #[serde(rename = "ecp256")]
     Ecp256,
     /// 384-bit random ECP group (20), RFC 5903.
+    #[serde(rename = "ecp384")]
     Ecp384,
     /// Curve25519 (31), RFC 8031.
+    #[serde(rename = "curve25519")]
     Curve25519,
 }
 
@@ -303,7 +322,9 @@ impl DhGroup {
 /// Extended Sequence Numbers transform (type 5): 0 = no ESN, 1 = ESN.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Esn {
+    #[serde(rename = "noesn")]
     No,
+    #[serde(rename = "esn")]
     Yes,
 }
 

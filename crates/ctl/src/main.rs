@@ -1,1 +1,137 @@
-fn main() {}
+//! tandemctl: operate a running tandemd through its control API.
+
+mod client;
+mod tables;
+
+use clap::{Parser, Subcommand};
+use client::{request, ClientError};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "tandemctl", version, about = "Control a running tandemd")]
+struct Cli {
+    /// tandemd's control socket.
+    #[arg(long, global = true, default_value = "/run/tandem/tandemd.sock")]
+    socket: PathBuf,
+    /// Print raw JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Daemon status and counters.
+    Status,
+    /// Show SAs.
+    Show {
+        #[command(subcommand)]
+        what: Show,
+    },
+    /// Bring up a vpn.
+    Initiate {
+        vpn: String,
+        /// Wait up to this many seconds for the IKE SA to be established.
+        #[arg(long)]
+        wait: Option<f64>,
+    },
+    /// Delete SAs.
+    Terminate {
+        #[command(subcommand)]
+        what: Target,
+    },
+    /// Rekey SAs.
+    Rekey {
+        #[command(subcommand)]
+        what: Target,
+    },
+    /// Re-read the configuration file.
+    Reload,
+}
+
+#[derive(Subcommand)]
+enum Show {
+    /// IKE SAs (the `show ike-sa` table).
+    #[command(name = "ike-sa")]
+    IkeSa,
+    /// CHILD SAs.
+    #[command(name = "child-sa")]
+    ChildSa,
+}
+
+#[derive(Subcommand)]
+enum Target {
+    /// An IKE SA by id (hex SPI), or all IKE SAs of a vpn with --vpn.
+    #[command(name = "ike-sa")]
+    IkeSa {
+        id: Option<String>,
+        #[arg(long)]
+        vpn: Option<String>,
+    },
+    /// A CHILD SA by either SPI (hex 0x... or decimal).
+    #[command(name = "child-sa")]
+    ChildSa { spi: String },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (method, path, timeout) = match &cli.cmd {
+        Cmd::Status => ("GET", "/v1/status".to_string(), 10.0),
+        Cmd::Show { what: Show::IkeSa } => ("GET", "/v1/ike-sas".into(), 10.0),
+        Cmd::Show { what: Show::ChildSa } => ("GET", "/v1/child-sas".into(), 10.0),
+        Cmd::Initiate { vpn, wait } => {
+            let q = wait.map(|w| format!("?wait={w}")).unwrap_or_default();
+            ("POST", format!("/v1/vpns/{vpn}/initiate{q}"), wait.unwrap_or(0.0) + 10.0)
+        }
+        Cmd::Terminate { what: Target::IkeSa { vpn: Some(v), .. } } => {
+            ("DELETE", format!("/v1/ike-sas?vpn={v}"), 10.0)
+        }
+        Cmd::Terminate { what: Target::IkeSa { id: Some(id), .. } } => {
+            ("DELETE", format!("/v1/ike-sas/{id}"), 10.0)
+        }
+        Cmd::Terminate { what: Target::ChildSa { spi } } => ("DELETE", format!("/v1/child-sas/{spi}"), 10.0),
+        Cmd::Rekey { what: Target::IkeSa { id: Some(id), .. } } => {
+            ("POST", format!("/v1/ike-sas/{id}/rekey"), 10.0)
+        }
+        Cmd::Rekey { what: Target::ChildSa { spi } } => ("POST", format!("/v1/child-sas/{spi}/rekey"), 10.0),
+        Cmd::Terminate { what: Target::IkeSa { .. } } | Cmd::Rekey { what: Target::IkeSa { .. } } => {
+            eprintln!("tandemctl: give an IKE SA id or --vpn NAME");
+            return ExitCode::from(2);
+        }
+        Cmd::Reload => ("POST", "/v1/reload".into(), 30.0),
+    };
+    match request(&cli.socket, method, &path, Duration::from_secs_f64(timeout)) {
+        Ok(v) => {
+            print(&cli, &v);
+            ExitCode::SUCCESS
+        }
+        Err(ClientError::Unreachable(e)) => {
+            eprintln!("tandemctl: cannot reach tandemd at {}: is it running? ({e})", cli.socket.display());
+            ExitCode::from(3)
+        }
+        Err(ClientError::Api(code, msg)) => {
+            eprintln!("tandemctl: {msg} (HTTP {code})");
+            ExitCode::from(1)
+        }
+        Err(ClientError::Protocol(e)) => {
+            eprintln!("tandemctl: bad answer from tandemd: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn print(cli: &Cli, v: &Value) {
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+        return;
+    }
+    match &cli.cmd {
+        Cmd::Show { what: Show::IkeSa } => print!("{}", tables::ike_sa_table(v)),
+        Cmd::Show { what: Show::ChildSa } => print!("{}", tables::child_sa_table(v)),
+        _ => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
+    }
+}

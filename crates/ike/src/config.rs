@@ -20,6 +20,7 @@ pub enum Identity {
 
 /// What to do when the peer stops answering liveness checks or deletes an SA.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
 pub enum DeadPeerAction {
     /// Remove the SAs and do nothing else.
     #[default]
@@ -32,6 +33,7 @@ pub enum DeadPeerAction {
 
 /// What the engine does with a CHILD SA configuration once it is loaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
 pub enum StartAction {
     /// Wait for the peer or an operator.
     #[default]
@@ -43,6 +45,7 @@ pub enum StartAction {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
 pub enum IpsecMode {
     #[default]
     Tunnel,

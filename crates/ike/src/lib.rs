@@ -21,4 +21,9 @@ pub mod spi;
 pub use api::*;
 pub use config::*;
 pub use endpoint::{Endpoint, EngineError};
+
+/// Engine counters (drops by reason), as shown by `tandemctl status`.
+pub mod endpoint_stats {
+    pub use crate::endpoint::Stats;
+}
 pub use observer::SaObserver;
