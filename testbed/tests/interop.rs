@@ -1,0 +1,363 @@
+//! Interop with a real strongSwan 5.9 charon (kernel-libipsec) in network namespaces.
+//! tandemd runs on the left host (10.99.1.1), charon on the right (10.99.1.2).
+
+use std::time::Duration;
+use tandem_testbed::charon::{Charon, CharonConfig, IkeSa};
+use tandem_testbed::netns::Pair;
+use tandem_testbed::tandemd::{left_config, Tandemd};
+use tandem_testbed::{prerequisites_present, wait_until};
+
+const SUITES: [(&str, &str); 4] = [
+    ("aes256gcm16-prfsha256-x25519", "aes256gcm16"),
+    ("aes128-sha256-modp2048", "aes128-sha256"),
+    ("aes256-sha384-ecp384", "aes256-sha384"),
+    ("chacha20poly1305-prfsha256-curve25519", "chacha20poly1305"),
+];
+const WAIT: Duration = Duration::from_secs(20);
+const POLL: Duration = Duration::from_millis(50);
+
+struct Bed {
+    t: Tandemd,
+    c: Charon,
+    pair: Pair,
+}
+
+fn bed(ike: &str, esp: &str, cfg: CharonConfig, extra_daemon: &str, extra_ike: &str) -> Bed {
+    let mut pair = Pair::new();
+    let dir = Tandemd::dir_for(&pair.left);
+    let socket = dir.join("tandemd.sock");
+    let toml = left_config(socket.to_str().unwrap(), ike, esp, extra_daemon, extra_ike);
+    let t = Tandemd::start(&mut pair.left, dir, &toml);
+    let c = Charon::start(&mut pair.right, &cfg);
+    Bed { t, c, pair }
+}
+
+fn hex64(v: &serde_json::Value) -> String {
+    format!("{:016x}", v.as_u64().unwrap_or(0))
+}
+
+fn hex_u32(s: &str) -> u32 {
+    u32::from_str_radix(s, 16).unwrap_or(0)
+}
+
+/// Both ends have one established IKE SA with the same SPIs and one CHILD SA whose SPIs and
+/// selectors mirror each other. Returns charon's view.
+fn assert_agree(b: &Bed) -> IkeSa {
+    let ok = wait_until(WAIT, POLL, || {
+        let c = b.c.list_sas();
+        b.t.established().len() == 1
+            && b.t.child_sas().len() == 1
+            && c.len() == 1
+            && c[0].established()
+            && c[0].installed_children().len() == 1
+    });
+    assert!(
+        ok,
+        "not established on both ends\n--- tandemd ---\n{}\n--- charon ---\n{}",
+        b.t.log(),
+        b.c.log()
+    );
+    let t_sa = &b.t.established()[0];
+    let t_child = &b.t.child_sas()[0];
+    let c_sa = b.c.list_sas().remove(0);
+    let c_child = c_sa.installed_children()[0].clone();
+    assert_eq!(hex64(&t_sa["spi_i"]), c_sa.spi_i, "IKE SPIi");
+    assert_eq!(hex64(&t_sa["spi_r"]), c_sa.spi_r, "IKE SPIr");
+    assert_eq!(
+        t_child["spi_in"].as_u64().unwrap() as u32,
+        hex_u32(&c_child.spi_out),
+        "tandem inbound = charon outbound"
+    );
+    assert_eq!(
+        t_child["spi_out"].as_u64().unwrap() as u32,
+        hex_u32(&c_child.spi_in),
+        "tandem outbound = charon inbound"
+    );
+    assert_eq!(c_child.local_ts, vec!["10.99.20.0/24"]);
+    assert_eq!(c_child.remote_ts, vec!["10.99.10.0/24"]);
+    assert_eq!(t_child["local_ts"][0]["start_addr"], "10.99.10.0");
+    assert_eq!(t_child["remote_ts"][0]["end_addr"], "10.99.20.255");
+    c_sa
+}
+
+fn tandem_initiates(b: &Bed) {
+    let out = b.t.ctl(&["initiate", "t", "--wait", "20"]);
+    assert!(
+        out.status.success(),
+        "initiate: {}\n{}\n--- charon ---\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        b.t.log(),
+        b.c.log()
+    );
+}
+
+fn charon_initiates(b: &Bed) {
+    let out = b.c.initiate();
+    assert!(
+        out.status.success(),
+        "charon initiate: {}\n--- tandemd ---\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        b.t.log()
+    );
+}
+
+#[test]
+fn every_suite_with_tandem_as_initiator() {
+    if !prerequisites_present() {
+        return;
+    }
+    for (ike, esp) in SUITES {
+        let b = bed(ike, esp, CharonConfig::right(ike, esp), "", "");
+        tandem_initiates(&b);
+        assert_agree(&b);
+        let table = String::from_utf8_lossy(&b.t.ctl(&["show", "ike-sa"]).stdout).into_owned();
+        assert!(
+            table.starts_with("VPN  Local-Addr  Local-ID  Remote-Addr  Remote-ID  State        Child-SAs"),
+            "{table}"
+        );
+        assert!(
+            table.contains("t    10.99.1.1   a.test    10.99.1.2    b.test     established  1"),
+            "{table}"
+        );
+    }
+}
+
+#[test]
+fn every_suite_with_tandem_as_responder() {
+    if !prerequisites_present() {
+        return;
+    }
+    for (ike, esp) in SUITES {
+        let b = bed(ike, esp, CharonConfig::right(ike, esp), "", "");
+        charon_initiates(&b);
+        assert_agree(&b);
+    }
+}
+
+#[test]
+fn invalid_ke_payload_recovers_both_ways() {
+    if !prerequisites_present() {
+        return;
+    }
+    // charon guesses x25519 but tandem only takes ecp256.
+    let b = bed(
+        "aes256gcm16-prfsha256-ecp256",
+        "aes256gcm16",
+        CharonConfig::right("aes256gcm16-prfsha256-x25519-ecp256", "aes256gcm16"),
+        "",
+        "",
+    );
+    charon_initiates(&b);
+    assert_agree(&b);
+    assert!(b.c.log().contains("N(INVAL_KE)"), "{}", b.c.log());
+    // tandem guesses x25519 but charon only takes ecp256.
+    let b = bed(
+        "aes256gcm16-prfsha256-x25519-ecp256",
+        "aes256gcm16",
+        CharonConfig::right("aes256gcm16-prfsha256-ecp256", "aes256gcm16"),
+        "",
+        "",
+    );
+    tandem_initiates(&b);
+    assert_agree(&b);
+    assert!(b.t.log().contains("INVALID_KE_PAYLOAD: retrying"), "{}", b.t.log());
+}
+
+#[test]
+fn cookie_demanded_at_threshold_zero() {
+    if !prerequisites_present() {
+        return;
+    }
+    let (ike, esp) = SUITES[0];
+    let b = bed(ike, esp, CharonConfig::right(ike, esp), "cookie-threshold = 0", "");
+    charon_initiates(&b);
+    assert_agree(&b);
+    assert!(b.c.log().contains("N(COOKIE)"), "{}", b.c.log());
+}
+
+fn child_spis(b: &Bed) -> (u32, u32) {
+    let c = &b.t.child_sas()[0];
+    (c["spi_in"].as_u64().unwrap() as u32, c["spi_out"].as_u64().unwrap() as u32)
+}
+
+#[test]
+fn child_rekeys_by_either_side_with_and_without_pfs() {
+    if !prerequisites_present() {
+        return;
+    }
+    for esp in ["aes256gcm16", "aes256gcm16-x25519"] {
+        for by_tandem in [true, false] {
+            let ike = SUITES[0].0;
+            let b = bed(ike, esp, CharonConfig::right(ike, esp), "", "");
+            tandem_initiates(&b);
+            let ike_before = assert_agree(&b);
+            let old = child_spis(&b);
+            if by_tandem {
+                let out = b.t.ctl(&["rekey", "child-sa", &format!("{:#x}", old.0)]);
+                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            } else {
+                let out = b.c.swanctl(&["--rekey", "--child", "net"]);
+                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+            }
+            let rekeyed = wait_until(WAIT, POLL, || {
+                b.t.child_sas().len() == 1
+                    && child_spis(&b).0 != old.0
+                    && b.c.list_sas().first().is_some_and(|s| s.children.len() == 1)
+            });
+            assert!(
+                rekeyed,
+                "CHILD rekey ({esp}, by tandem: {by_tandem})\n{}\n--- charon ---\n{}",
+                b.t.log(),
+                b.c.log()
+            );
+            let after = assert_agree(&b);
+            assert_eq!(after.spi_i, ike_before.spi_i, "same IKE SA");
+            assert!(!b.t.log().contains("refused"), "{}", b.t.log());
+        }
+    }
+}
+
+#[test]
+fn ike_rekeys_by_either_side() {
+    if !prerequisites_present() {
+        return;
+    }
+    for by_tandem in [true, false] {
+        let (ike, esp) = SUITES[1];
+        let b = bed(ike, esp, CharonConfig::right(ike, esp), "", "");
+        tandem_initiates(&b);
+        let before = assert_agree(&b);
+        let child_before = child_spis(&b);
+        if by_tandem {
+            let id = format!("{:#x}", b.t.established()[0]["id"].as_u64().unwrap());
+            let out = b.t.ctl(&["rekey", "ike-sa", &id]);
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        } else {
+            let out = b.c.swanctl(&["--rekey", "--ike", "t"]);
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+        }
+        let rekeyed = wait_until(WAIT, POLL, || {
+            let c = b.c.list_sas();
+            c.len() == 1 && c[0].spi_i != before.spi_i && b.t.ike_sas().len() == 1
+        });
+        assert!(rekeyed, "IKE rekey (by tandem: {by_tandem})\n{}\n--- charon ---\n{}", b.t.log(), b.c.log());
+        assert_agree(&b);
+        assert_eq!(child_spis(&b), child_before, "CHILD SA moved to the new IKE SA unchanged");
+    }
+}
+
+#[test]
+fn dead_peer_detected_within_bounds() {
+    if !prerequisites_present() {
+        return;
+    }
+    let (ike, esp) = SUITES[0];
+    let b = bed(
+        ike,
+        esp,
+        CharonConfig::right(ike, esp),
+        "retransmit-timeout = \"1s\"\nretransmit-tries = 2\nretransmit-base = 1.5",
+        "dpd-delay = \"2s\"\ndpd-action = \"clear\"",
+    );
+    tandem_initiates(&b);
+    assert_agree(&b);
+    let cut = std::time::Instant::now();
+    b.pair.cut();
+    // dpd-delay 2s + retransmissions 1 + 1.5 + 2.25 s: declared dead within about 7 s.
+    let gone = wait_until(Duration::from_secs(30), POLL, || b.t.ike_sas().is_empty());
+    let took = cut.elapsed();
+    assert!(gone, "IKE SA still there after the peer went away\n{}", b.t.log());
+    assert!(took <= Duration::from_secs(12), "took {took:?}");
+    assert!(b.t.log().contains("peer not answering"), "{}", b.t.log());
+}
+
+#[test]
+fn delete_from_either_side_tears_down_both() {
+    if !prerequisites_present() {
+        return;
+    }
+    let (ike, esp) = SUITES[0];
+    let b = bed(ike, esp, CharonConfig::right(ike, esp), "", "");
+    tandem_initiates(&b);
+    assert_agree(&b);
+    let out = b.c.swanctl(&["--terminate", "--ike", "t", "--timeout", "10"]);
+    assert!(out.status.success());
+    assert!(wait_until(WAIT, POLL, || b.t.ike_sas().is_empty()), "{}", b.t.log());
+
+    charon_initiates(&b);
+    assert_agree(&b);
+    let out = b.t.ctl(&["terminate", "ike-sa", "--vpn", "t"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        wait_until(WAIT, POLL, || b.c.list_sas().is_empty() && b.t.ike_sas().is_empty()),
+        "{}",
+        b.c.log()
+    );
+}
+
+/// Sends 10,000 hostile datagrams from the right host: random bytes, and mutations of a well-formed
+/// IKE_SA_INIT request (random SPIs, flipped bytes, truncations, bogus lengths), to 500 and 4500.
+const FLOOD: &str = r#"
+import os, random, socket, struct, sys
+random.seed(7)
+dst = sys.argv[1]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+def sa_init():
+    spi = os.urandom(8)
+    sa = bytes([0,0,0,44, 0,0,0,40, 1,1,0,4]) + bytes([3,0,0,12,1,0,0,20,0x80,14,1,0]) + bytes([3,0,0,8,2,0,0,5]) + bytes([3,0,0,8,4,0,0,31]) + bytes([0,0,0,8,3,0,0,0])
+    ke = bytes([40,0,0,40,0,31,0,0]) + os.urandom(32)
+    nonce = bytes([0,0,0,36]) + os.urandom(32)
+    payloads = bytes([34,0]) + struct.pack(">H", len(sa)) + sa[4:] + ke + nonce
+    hdr = spi + bytes(8) + bytes([33, 0x20, 34, 0x08]) + bytes(4) + struct.pack(">I", 28 + len(payloads))
+    return hdr + payloads
+sent = 0
+for i in range(10000):
+    kind = i % 4
+    if kind == 0:
+        d = os.urandom(random.randint(0, 1500))
+    else:
+        d = bytearray(sa_init())
+        for _ in range(random.randint(1, 8)):
+            d[random.randrange(len(d))] = random.randrange(256)
+        if random.random() < 0.3:
+            d = d[:random.randint(0, len(d))]
+        d = bytes(d)
+    port = 4500 if i % 3 == 0 else 500
+    if port == 4500 and random.random() < 0.7:
+        d = bytes(4) + d
+    try:
+        s.sendto(d, (dst, port))
+        sent += 1
+    except OSError:
+        pass
+print(sent)
+"#;
+
+#[test]
+fn survives_ten_thousand_hostile_datagrams_then_negotiates() {
+    if !prerequisites_present() {
+        return;
+    }
+    let (ike, esp) = SUITES[0];
+    let b = bed(ike, esp, CharonConfig::right(ike, esp), "", "");
+    let out = b.pair.right.exec("python3", &["-c", FLOOD, "10.99.1.1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let sent: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
+    assert!(sent >= 10_000, "sent {sent}");
+    // Let tandemd drain its socket: its receive counter stops moving.
+    let status = |t: &Tandemd| -> serde_json::Value {
+        serde_json::from_slice(&t.ctl(&["--json", "status"]).stdout).unwrap_or_default()
+    };
+    let mut last = u64::MAX;
+    wait_until(Duration::from_secs(20), Duration::from_millis(300), || {
+        let n = status(&b.t)["io"]["ike_received"].as_u64().unwrap_or(0);
+        let still = n == last;
+        last = n;
+        still
+    });
+    assert!(std::path::Path::new(&format!("/proc/{}", b.t.pid)).exists(), "tandemd died\n{}", b.t.log());
+    charon_initiates(&b);
+    assert_agree(&b);
+    let s = status(&b.t);
+    assert!(s["engine"]["malformed"].as_u64().unwrap_or(0) > 100, "{s}");
+}
