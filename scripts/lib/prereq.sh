@@ -1,0 +1,29 @@
+# Shared by scripts/test and scripts/demo: check the machine and install what tandem's tests and demo
+# need on Debian 12. Idempotent: installs only what is missing. With CI=true anything missing that
+# cannot be installed is a failure.
+
+die() { echo "error: $*" >&2; exit 1; }
+
+APT_PACKAGES=(strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins
+              iperf3 iproute2 iputils-ping python3 procps)
+
+install_prerequisites() {
+  [ "$(id -u)" = 0 ] || die "run as root (network namespaces and strongSwan need it)"
+  command -v cargo >/dev/null || die "cargo not found: install the Rust toolchain (rustup) first"
+  local missing=()
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing: ${missing[*]}"
+    # Keep package scripts from starting system daemons (a system charon would hold UDP 500).
+    local prc=/usr/sbin/policy-rc.d had_prc=0
+    [ -e "$prc" ] && had_prc=1
+    [ $had_prc = 1 ] || { printf '#!/bin/sh\nexit 101\n' > "$prc"; chmod +x "$prc"; }
+    DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+    [ $had_prc = 1 ] || rm -f "$prc"
+  fi
+  [ -x /usr/lib/ipsec/charon ] || die "strongSwan charon missing after install"
+  command -v swanctl >/dev/null || die "swanctl missing after install"
+}
