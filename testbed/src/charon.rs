@@ -108,13 +108,13 @@ pub struct Charon {
     ns: String,
 }
 
-fn strongswan_conf(dir: &std::path::Path) -> String {
+fn strongswan_conf(dir: &std::path::Path, extra: &str, log_level: i32) -> String {
     let d = dir.display();
     format!(
         r#"charon {{
+  {extra}
   load = random nonce openssl aes gcm sha1 sha2 hmac curve25519 gmp chapoly kdf pem pkcs1 x509 pubkey kernel-libipsec kernel-netlink socket-default vici updown
   load_modular = no
-  install_routes = yes
   install_virtual_ip = no
   retransmit_timeout = 2.0
   retransmit_tries = 3
@@ -138,21 +138,28 @@ fn strongswan_conf(dir: &std::path::Path) -> String {
       flush_line = yes
       time_format = %H:%M:%S
       ike_name = yes
-      default = 1
-      ike = 2
-      knl = 1
-      chd = 2
-      cfg = 2
+      default = {l1}
+      ike = {l2}
+      knl = {l1}
+      chd = {l2}
+      cfg = {l2}
     }}
   }}
 }}
-"#
+"#,
+        l1 = log_level.min(1),
+        l2 = log_level
     )
 }
 
 impl Charon {
     /// Start charon in `ns` and load `cfg`. Waits (bounded) until its vici socket answers.
     pub fn start(ns: &mut Netns, cfg: &CharonConfig) -> Charon {
+        Self::start_with(ns, &cfg.swanctl_conf(), "install_routes = yes", 2)
+    }
+
+    /// Start charon with a swanctl.conf text, extra `charon { }` settings and a log level (-1..4).
+    pub fn start_with(ns: &mut Netns, swanctl_conf: &str, extra: &str, log_level: i32) -> Charon {
         let dir = std::env::temp_dir().join(format!("tandem-charon-{}", ns.name));
         let _ = std::fs::remove_dir_all(&dir);
         for sub in [
@@ -175,8 +182,9 @@ impl Charon {
         ] {
             std::fs::create_dir_all(dir.join(sub)).expect("create charon dir");
         }
-        std::fs::write(dir.join("strongswan.conf"), strongswan_conf(&dir)).expect("write strongswan.conf");
-        std::fs::write(dir.join("swanctl/swanctl.conf"), cfg.swanctl_conf()).expect("write swanctl.conf");
+        std::fs::write(dir.join("strongswan.conf"), strongswan_conf(&dir, extra, log_level))
+            .expect("write strongswan.conf");
+        std::fs::write(dir.join("swanctl/swanctl.conf"), swanctl_conf).expect("write swanctl.conf");
         let mut cmd = ns.command("env");
         cmd.arg(format!("STRONGSWAN_CONF={}", dir.join("strongswan.conf").display()))
             .args([

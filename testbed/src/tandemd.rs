@@ -73,6 +73,11 @@ impl Tandemd {
     }
 
     pub fn start(ns: &mut Netns, dir: PathBuf, config_toml: &str) -> Tandemd {
+        Self::start_logging(ns, dir, config_toml, "debug")
+    }
+
+    /// Start with a log filter (benchmarks run with "warn").
+    pub fn start_logging(ns: &mut Netns, dir: PathBuf, config_toml: &str, log_level: &str) -> Tandemd {
         let bin = bin_dir().join("tandemd");
         assert!(
             bin.exists(),
@@ -87,7 +92,7 @@ impl Tandemd {
             .arg(&conf)
             .arg("--socket")
             .arg(&socket)
-            .args(["--log-level", "debug"])
+            .args(["--log-level", log_level])
             .stdout(std::fs::File::create(dir.join("stdout")).expect("stdout file"))
             .stderr(std::fs::File::create(dir.join("tandemd.log")).expect("log file"));
         let pid = ns.spawn(cmd);
