@@ -18,6 +18,18 @@ pub fn bin_dir() -> PathBuf {
 
 /// The standard tandem side of `netns::Pair` (left host), as TOML.
 pub fn left_config(socket: &str, ike: &str, esp: &str, extra_daemon: &str, extra_ike: &str) -> String {
+    left_config_full(socket, ike, esp, extra_daemon, extra_ike, "")
+}
+
+/// As `left_config`, with extra lines for the `[ipsec-policy]` table too.
+pub fn left_config_full(
+    socket: &str,
+    ike: &str,
+    esp: &str,
+    extra_daemon: &str,
+    extra_ike: &str,
+    extra_ipsec: &str,
+) -> String {
     format!(
         r#"[daemon]
 socket = "{socket}"
@@ -30,6 +42,7 @@ proposals = [{ike}]
 
 [ipsec-policy.ipsec1]
 proposals = [{esp}]
+{extra_ipsec}
 
 [vpn.t]
 ike-policy = "ike1"

@@ -4,7 +4,7 @@
 use std::time::Duration;
 use tandem_testbed::charon::{Charon, CharonConfig, IkeSa};
 use tandem_testbed::netns::Pair;
-use tandem_testbed::tandemd::{left_config, Tandemd};
+use tandem_testbed::tandemd::{left_config_full, Tandemd};
 use tandem_testbed::{prerequisites_present, wait_until};
 
 const SUITES: [(&str, &str); 4] = [
@@ -23,10 +23,21 @@ struct Bed {
 }
 
 fn bed(ike: &str, esp: &str, cfg: CharonConfig, extra_daemon: &str, extra_ike: &str) -> Bed {
+    bed_full(ike, esp, cfg, extra_daemon, extra_ike, "")
+}
+
+fn bed_full(
+    ike: &str,
+    esp: &str,
+    cfg: CharonConfig,
+    extra_daemon: &str,
+    extra_ike: &str,
+    extra_ipsec: &str,
+) -> Bed {
     let mut pair = Pair::new();
     let dir = Tandemd::dir_for(&pair.left);
     let socket = dir.join("tandemd.sock");
-    let toml = left_config(socket.to_str().unwrap(), ike, esp, extra_daemon, extra_ike);
+    let toml = left_config_full(socket.to_str().unwrap(), ike, esp, extra_daemon, extra_ike, extra_ipsec);
     let t = Tandemd::start(&mut pair.left, dir, &toml);
     let c = Charon::start(&mut pair.right, &cfg);
     Bed { t, c, pair }
@@ -244,6 +255,64 @@ fn ike_rekeys_by_either_side() {
         assert_agree(&b);
         assert_eq!(child_spis(&b), child_before, "CHILD SA moved to the new IKE SA unchanged");
     }
+}
+
+/// Watch tandem's CHILD SA (or IKE SA) SPIs for `window`; returns the distinct values seen.
+fn distinct_spis(b: &Bed, window: Duration, ike: bool) -> std::collections::BTreeSet<u64> {
+    let mut seen = std::collections::BTreeSet::new();
+    let end = std::time::Instant::now() + window;
+    while std::time::Instant::now() < end {
+        let v = if ike { b.t.established() } else { b.t.child_sas() };
+        for x in v {
+            seen.insert(x[if ike { "spi_i" } else { "spi_in" }].as_u64().unwrap_or(0));
+        }
+        std::thread::sleep(POLL);
+    }
+    seen
+}
+
+#[test]
+fn lifetimes_drive_rekeys_from_either_side() {
+    if !prerequisites_present() {
+        return;
+    }
+    let (ike, esp) = SUITES[0];
+    // tandem's CHILD SA soft lifetime 3 s: it rekeys by itself, again and again.
+    let b = bed_full(
+        ike,
+        esp,
+        CharonConfig::right(ike, esp),
+        "",
+        "",
+        "rekey-time = \"3s\"\nlifetime = \"20s\"\nrand-time = \"0s\"",
+    );
+    tandem_initiates(&b);
+    assert_agree(&b);
+    let seen = distinct_spis(&b, Duration::from_secs(8), false);
+    assert!(seen.len() >= 3, "tandem-initiated CHILD rekeys: {seen:?}\n{}", b.t.log());
+    assert!(!b.c.log().contains("failed"), "{}", b.c.log());
+    // charon's CHILD SA soft lifetime 3 s: tandem answers its rekeys.
+    let mut cfg = CharonConfig::right(ike, esp);
+    cfg.child_rekey_time = "3s".into();
+    let b = bed(ike, esp, cfg, "", "");
+    tandem_initiates(&b);
+    assert_agree(&b);
+    let seen = distinct_spis(&b, Duration::from_secs(8), false);
+    assert!(seen.len() >= 3, "charon-initiated CHILD rekeys: {seen:?}\n{}", b.c.log());
+    assert!(!b.c.log().contains("failed"), "{}", b.c.log());
+    // tandem's IKE SA soft lifetime 3 s.
+    let b = bed(
+        ike,
+        esp,
+        CharonConfig::right(ike, esp),
+        "",
+        "rekey-time = \"3s\"\nlifetime = \"30s\"\nrand-time = \"0s\"",
+    );
+    tandem_initiates(&b);
+    assert_agree(&b);
+    let seen = distinct_spis(&b, Duration::from_secs(8), true);
+    assert!(seen.len() >= 3, "tandem-initiated IKE rekeys: {seen:?}\n{}", b.t.log());
+    assert!(!b.c.log().contains("failed"), "{}", b.c.log());
 }
 
 #[test]
