@@ -150,6 +150,8 @@ impl Endpoint {
             keys_in,
             keys_out,
             rekeyed: false,
+            replaces,
+            exchange_nonces: None,
             created: Some(now),
             rekey_at: lt.rekey_time.map(|r| now + jitter(r, lt.rand_time)),
             expire_at: lt.life_time.map(|l| now + l),
@@ -273,6 +275,9 @@ impl Endpoint {
             false,
             replaces,
         );
+        if let (Some(c), true) = (sa.children.last_mut(), exchange_ni.is_some()) {
+            c.exchange_nonces = Some((ni.clone(), nr.clone()));
+        }
         let mut resp = Vec::new();
         resp.extend(mode_notify(mode));
         resp.push(Payload::Sa(vec![proposal::selected_to_wire(
@@ -370,12 +375,34 @@ impl Endpoint {
             true,
             replaces,
         );
-        if let Some(old) = replaces {
-            if let Some(i) = sa.children.iter().position(|c| c.spi_in == old) {
-                sa.children[i].rekeyed = true;
+        let Some(old) = replaces else { return };
+        // Simultaneous rekey (RFC 7296 section 2.8.1): the peer rekeyed the same CHILD SA while our
+        // request was in flight. The SA made by the exchange holding the lowest of the four nonces is
+        // redundant and is deleted by the side that initiated that exchange; the other side deletes
+        // the old SA.
+        let ours = (ni.clone(), nr.clone());
+        let theirs = sa
+            .children
+            .iter()
+            .find(|c| c.replaces == Some(old) && c.spi_in != pending.spi_in)
+            .and_then(|c| c.exchange_nonces.clone());
+        if let Some(theirs) = theirs {
+            let lowest_ours =
+                ours.0.as_slice().min(ours.1.as_slice()) < theirs.0.as_slice().min(theirs.1.as_slice());
+            if lowest_ours {
+                info!(target: "ike", vpn, "simultaneous CHILD SA rekey: ours is redundant, deleting it");
+                if let Some(c) = sa.children.iter_mut().find(|c| c.spi_in == pending.spi_in) {
+                    c.rekeyed = true;
+                }
+                sa.queue.insert(0, Queued::DeleteChild(vec![pending.spi_in]));
+                return;
             }
-            sa.queue.insert(0, Queued::DeleteChild(vec![old]));
+            info!(target: "ike", vpn, "simultaneous CHILD SA rekey: ours wins");
         }
+        if let Some(i) = sa.children.iter().position(|c| c.spi_in == old) {
+            sa.children[i].rekeyed = true;
+        }
+        sa.queue.insert(0, Queued::DeleteChild(vec![old]));
     }
 
     /// Start a CREATE_CHILD_SA exchange for a new CHILD SA or a rekey of `rekeys_spi_in`.

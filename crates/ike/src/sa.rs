@@ -40,6 +40,12 @@ pub struct ChildSa {
     pub keys_out: DirectionKeys,
     /// Set once a rekey replaced it (kept until the Delete exchange completes).
     pub rekeyed: bool,
+    /// Inbound SPI of the CHILD SA this one replaced by a rekey.
+    #[serde(default)]
+    pub replaces: Option<u32>,
+    /// Nonces (Ni, Nr) of the CREATE_CHILD_SA exchange that made it, to settle simultaneous rekeys.
+    #[serde(default)]
+    pub exchange_nonces: Option<(Vec<u8>, Vec<u8>)>,
     #[serde(skip)]
     pub created: Option<Instant>,
     #[serde(skip)]

@@ -412,3 +412,21 @@ fn garbage_does_not_disturb_an_established_sa() {
     p.run();
     assert_eq!(p.b.child_sas().len(), 1);
 }
+
+#[test]
+fn simultaneous_child_rekey_leaves_one_child_sa() {
+    for _ in 0..8 {
+        let mut p = Pair::new("aes256gcm16-prfsha256-x25519", "aes256gcm16", 100, None);
+        establish(&mut p);
+        let old_a = p.a.child_sas()[0].spi_in;
+        let old_b = p.b.child_sas()[0].spi_in;
+        p.a.rekey_child_sa(p.now, old_a).unwrap();
+        p.b.rekey_child_sa(p.now, old_b).unwrap();
+        p.run();
+        let (a, b) = (p.a.child_sas(), p.b.child_sas());
+        assert_eq!((a.len(), b.len()), (1, 1), "{a:?}\n{b:?}");
+        assert_eq!(a[0].spi_in, b[0].spi_out);
+        assert_eq!(a[0].spi_out, b[0].spi_in);
+        assert_ne!(a[0].spi_in, old_a);
+    }
+}
