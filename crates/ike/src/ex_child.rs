@@ -553,6 +553,7 @@ impl Endpoint {
             return err(NotifyType::NO_PROPOSAL_CHOSEN);
         };
         info!(target: "ike", vpn = %peer.name, old = format_args!("{:#018x}", sa.id), new = format_args!("{new_id:#018x}"), "IKE SA rekeyed (responder)");
+        sa.rekeyed_by_peer = Some((new.id, ni.to_vec(), nr.clone()));
         self.sas.insert(new.id, new);
         vec![
             Payload::Sa(vec![proposal::selected_to_wire(
@@ -677,6 +678,28 @@ impl Endpoint {
         ) else {
             return;
         };
+        let mut new = new;
+        // Simultaneous rekey (RFC 7296 section 2.8.1): the peer rekeyed this IKE SA while our request
+        // was in flight, and the CHILD SAs already moved to its new IKE SA. The new SA made by the
+        // exchange with the lowest nonce is redundant; its initiator deletes it, the other side
+        // deletes the old SA.
+        if let Some((theirs_id, tni, tnr)) = sa.rekeyed_by_peer.clone() {
+            let ours_lowest =
+                pending.nonce.as_slice().min(nr.as_slice()) < tni.as_slice().min(tnr.as_slice());
+            if ours_lowest {
+                info!(target: "ike", vpn = %peer.name, "simultaneous IKE SA rekey: ours is redundant, deleting it");
+                new.superseded = true;
+                self.start_delete_ike(now, &mut new);
+                self.finish(now, new);
+                return;
+            }
+            info!(target: "ike", vpn = %peer.name, "simultaneous IKE SA rekey: ours wins");
+            if let Some(mut theirs) = self.sas.remove(&theirs_id) {
+                new.children = std::mem::take(&mut theirs.children);
+                theirs.superseded = true;
+                self.sas.insert(theirs.id, theirs);
+            }
+        }
         info!(target: "ike", vpn = %peer.name, old = format_args!("{:#018x}", sa.id), new = format_args!("{:#018x}", new.id), "IKE SA rekeyed (initiator)");
         self.sas.insert(new.id, new);
         sa.queue.clear();

@@ -131,6 +131,10 @@ pub struct IkeSa {
     pub queue: Vec<Queued>,
     /// Set when a rekeyed IKE SA replaced this one: delete without reporting CHILD SAs down.
     pub superseded: bool,
+    /// Set on an IKE SA the peer rekeyed: (new IKE SA id, Ni, Nr of that exchange), to settle
+    /// simultaneous rekeys (RFC 7296 section 2.8.1).
+    #[serde(default)]
+    pub rekeyed_by_peer: Option<(IkeSaId, Vec<u8>, Vec<u8>)>,
     /// Why the SA is being deleted, once it is.
     pub down_reason: Option<crate::api::DownReason>,
     #[serde(skip)]
@@ -184,6 +188,7 @@ impl IkeSa {
             queue: Vec::new(),
             superseded: false,
             down_reason: None,
+            rekeyed_by_peer: None,
             ke: None,
             created: Some(now),
             established: None,

@@ -430,3 +430,30 @@ fn simultaneous_child_rekey_leaves_one_child_sa() {
         assert_ne!(a[0].spi_in, old_a);
     }
 }
+
+#[test]
+fn simultaneous_ike_rekey_leaves_one_ike_sa() {
+    for _ in 0..8 {
+        let mut p = Pair::new("aes256gcm16-prfsha256-x25519", "aes256gcm16", 100, None);
+        establish(&mut p);
+        let (ida, idb) = (p.a.ike_sas()[0].id, p.b.ike_sas()[0].id);
+        p.a.rekey_ike_sa(p.now, ida).unwrap();
+        p.b.rekey_ike_sa(p.now, idb).unwrap();
+        p.run();
+        let (a, b) = (p.a.ike_sas(), p.b.ike_sas());
+        assert_eq!((a.len(), b.len()), (1, 1), "{a:?}\n{b:?}");
+        assert_eq!((a[0].spi_i, a[0].spi_r), (b[0].spi_i, b[0].spi_r));
+        assert_eq!((a[0].child_sas, b[0].child_sas), (1, 1));
+        assert!(!p
+            .events_a
+            .iter()
+            .chain(&p.events_b)
+            .any(|e| matches!(e, Event::IkeSaDown { .. } | Event::ChildSaDown { .. })));
+        // The survivor works.
+        let spi = p.a.child_sas()[0].spi_in;
+        p.a.rekey_child_sa(p.now, spi).unwrap();
+        p.run();
+        assert_eq!(p.b.child_sas().len(), 1);
+        assert_ne!(p.b.child_sas()[0].spi_out, spi);
+    }
+}
