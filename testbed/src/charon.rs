@@ -47,7 +47,7 @@ impl CharonConfig {
         }
     }
 
-    fn swanctl_conf(&self) -> String {
+    pub fn swanctl_conf(&self) -> String {
         format!(
             r#"connections {{
   t {{

@@ -175,6 +175,32 @@ fn invalid_ke_payload_recovers_both_ways() {
 }
 
 #[test]
+fn fragmented_ike_auth_both_ways() {
+    if !prerequisites_present() {
+        return;
+    }
+    let (ike, esp) = ("aes256-sha384-ecp384", "aes256-sha384");
+    let mut pair = Pair::new();
+    let dir = Tandemd::dir_for(&pair.left);
+    let socket = dir.join("tandemd.sock");
+    let toml = left_config_full(socket.to_str().unwrap(), ike, esp, "fragment-size = 200", "", "");
+    let t = Tandemd::start(&mut pair.left, dir, &toml);
+    let cfg = CharonConfig::right(ike, esp);
+    let c = Charon::start_with(
+        &mut pair.right,
+        &cfg.swanctl_conf(),
+        "install_routes = yes\n  fragment_size = 200",
+        2,
+    );
+    let b = Bed { t, c, pair };
+    tandem_initiates(&b);
+    assert_agree(&b);
+    let log = b.c.log();
+    assert!(log.contains("IKE_AUTH request 1 [ EF("), "tandem sent fragments\n{log}");
+    assert!(log.contains("IKE_AUTH response 1 [ EF("), "charon sent fragments\n{log}");
+}
+
+#[test]
 fn cookie_demanded_at_threshold_zero() {
     if !prerequisites_present() {
         return;

@@ -260,6 +260,12 @@ pub(crate) fn convert(raw: RawConfig, text: &str, file: &str) -> Result<Config, 
     if let Some(t) = ctx.duration("daemon", "half-open-timeout", &d.half_open_timeout)? {
         endpoint.half_open_timeout = t;
     }
+    if let Some(f) = d.fragment_size {
+        if !(128..=65535).contains(&f) {
+            return Err(ctx.err("daemon", Some("fragment-size"), None, "must be between 128 and 65535"));
+        }
+        endpoint.fragment_size = f;
+    }
     if let Some(t) = d.retransmit_tries {
         endpoint.retransmit.tries = t;
     }

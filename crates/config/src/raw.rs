@@ -32,6 +32,7 @@ pub struct RawDaemon {
     pub retransmit_timeout: Option<toml::Value>,
     pub retransmit_tries: Option<u32>,
     pub retransmit_base: Option<f64>,
+    pub fragment_size: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]

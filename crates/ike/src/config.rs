@@ -168,6 +168,9 @@ pub struct EndpointConfig {
     pub half_open_timeout: Duration,
     /// Minimum interval between two INVALID_SPI notifications to the same peer.
     pub invalid_spi_interval: Duration,
+    /// Largest IKE datagram to send once both sides support fragmentation (RFC 7383); larger
+    /// encrypted messages are sent as SKF fragments.
+    pub fragment_size: usize,
 }
 
 impl Default for EndpointConfig {
@@ -179,6 +182,7 @@ impl Default for EndpointConfig {
             max_half_open: 10_000,
             half_open_timeout: Duration::from_secs(30),
             invalid_spi_interval: Duration::from_secs(1),
+            fragment_size: 1280,
         }
     }
 }

@@ -41,6 +41,15 @@ pub struct Stats {
     pub half_open_dropped: u64,
 }
 
+/// A received message of an existing IKE SA, with its payloads when already decrypted (fragments).
+struct Incoming<'a> {
+    local: SocketAddr,
+    remote: SocketAddr,
+    raw: &'a [u8],
+    msg: Message,
+    opened: Option<Vec<Payload>>,
+}
+
 pub struct Endpoint {
     pub(crate) config: EndpointConfig,
     pub(crate) peers: Vec<PeerConfig>,
@@ -174,43 +183,82 @@ impl Endpoint {
             self.sas.insert(ours, sa);
             return;
         }
+        let fragment = match msg.payloads.last() {
+            Some(Payload::EncryptedFragment(f)) => Some(f.fragment_number),
+            _ => None,
+        };
+        let mut opened = None;
         if h.is_response() {
-            if sa.rel.accept_response(h.message_id) {
-                sa.last_received = Some(now);
-                self.handle_response(now, &mut sa, local, remote, data, msg);
-            } else {
+            let expected = sa.rel.outstanding.as_ref().is_some_and(|o| o.message_id == h.message_id);
+            if !expected {
                 self.stats.bad_message_id += 1;
+            } else if fragment.is_some() {
+                opened = self.reassemble(&mut sa, data, &msg);
+            }
+            if expected && (fragment.is_none() || opened.is_some()) && sa.rel.accept_response(h.message_id) {
+                sa.last_received = Some(now);
+                self.handle_response(now, &mut sa, Incoming { local, remote, raw: data, msg, opened });
             }
         } else {
             match sa.rel.check_request(h.message_id) {
                 RequestCheck::Process => {
-                    self.handle_request(now, &mut sa, local, remote, data, msg);
+                    if fragment.is_some() {
+                        opened = self.reassemble(&mut sa, data, &msg);
+                    }
+                    if fragment.is_none() || opened.is_some() {
+                        self.handle_request(now, &mut sa, Incoming { local, remote, raw: data, msg, opened });
+                    }
                 }
-                RequestCheck::Resend(d) => {
+                // Answer a retransmitted fragmented request once, on its first fragment (RFC 7383 2.6.1).
+                RequestCheck::Resend(d) if fragment.is_none_or(|n| n == 1) => {
                     self.stats.retransmits_answered += 1;
                     self.send_datagrams(local, remote, d);
                 }
+                RequestCheck::Resend(_) => {}
                 RequestCheck::Drop => self.stats.bad_message_id += 1,
             }
         }
         self.finish(now, sa);
     }
 
-    fn handle_response(
-        &mut self,
-        now: Instant,
-        sa: &mut IkeSa,
-        local: SocketAddr,
-        remote: SocketAddr,
-        raw: &[u8],
-        msg: Message,
-    ) {
+    /// Decrypt one SKF fragment and collect it; the whole message's payloads once all are in.
+    fn reassemble(&mut self, sa: &mut IkeSa, raw: &[u8], msg: &Message) -> Option<Vec<Payload>> {
+        let Some(Payload::EncryptedFragment(f)) = msg.payloads.last() else { return None };
+        let crypters = sa.crypters()?;
+        let prefix = &raw[..raw.len() - f.body.len()];
+        let Ok(plain) = crypters.inbound.open(prefix, &f.body) else {
+            self.stats.decrypt_failed += 1;
+            return None;
+        };
+        let frag = tandem_wire::EncryptedFragment { body: plain.to_vec(), ..f.clone() };
+        match sa.reassembly.add(msg.header.message_id, frag) {
+            tandem_wire::fragment::FragmentOutcome::Complete(frags) => {
+                let first = frags.first()?.first_inner;
+                let plain: Vec<u8> = frags.into_iter().flat_map(|f| f.body).collect();
+                match tandem_wire::parse_payloads(first, &plain) {
+                    Ok(p) => Some(p),
+                    Err(_) => {
+                        self.stats.malformed += 1;
+                        None
+                    }
+                }
+            }
+            tandem_wire::fragment::FragmentOutcome::Rejected => {
+                self.stats.malformed += 1;
+                None
+            }
+            _ => None,
+        }
+    }
+
+    fn handle_response(&mut self, now: Instant, sa: &mut IkeSa, inc: Incoming) {
+        let Incoming { local, remote, raw, msg, opened } = inc;
         let Some(request) = sa.request.take() else { return };
         if msg.header.exchange == ExchangeType::IKE_SA_INIT {
             self.initiator_sa_init_response(now, sa, local, remote, raw, msg);
             return;
         }
-        let Some(payloads) = self.open(sa, raw, &msg) else { return };
+        let Some(payloads) = opened.or_else(|| self.open(sa, raw, &msg)) else { return };
         self.note_peer_address(sa, local, remote);
         match request {
             crate::sa::Request::Auth(pending) => self.initiator_auth_response(now, sa, payloads, pending),
@@ -231,16 +279,9 @@ impl Endpoint {
         }
     }
 
-    fn handle_request(
-        &mut self,
-        now: Instant,
-        sa: &mut IkeSa,
-        local: SocketAddr,
-        remote: SocketAddr,
-        raw: &[u8],
-        msg: Message,
-    ) {
-        let Some(payloads) = self.open(sa, raw, &msg) else { return };
+    fn handle_request(&mut self, now: Instant, sa: &mut IkeSa, inc: Incoming) {
+        let Incoming { local, remote, raw, msg, opened } = inc;
+        let Some(payloads) = opened.or_else(|| self.open(sa, raw, &msg)) else { return };
         sa.last_received = Some(now);
         self.note_peer_address(sa, local, remote);
         let mid = msg.header.message_id;
@@ -312,6 +353,10 @@ impl Endpoint {
             fl |= flags::RESPONSE;
         }
         let header = IkeHeader::new(sa.spi_i, sa.spi_r, exchange, fl, message_id);
+        let whole = IkeHeader::LEN + 4 + body_len;
+        if sa.frag_supported && whole > self.config.fragment_size {
+            return fragment(&c.outbound, header, first, &inner, self.config.fragment_size);
+        }
         let mut bytes = Message {
             header,
             payloads: vec![Payload::Encrypted(Encrypted {
@@ -781,6 +826,42 @@ impl IkeSa {
     fn rekey_in_progress(&self) -> bool {
         matches!(self.request, Some(crate::sa::Request::RekeyIke(_)))
     }
+}
+
+/// Split an encrypted message into SKF fragments of at most `size` bytes (RFC 7383 section 2.5):
+/// each is encrypted on its own, with the IKE header and SKF header (with fragment fields) as prefix.
+fn fragment(
+    c: &tandem_crypto::SkCrypter,
+    header: IkeHeader,
+    first: PayloadType,
+    inner: &[u8],
+    size: usize,
+) -> Vec<Vec<u8>> {
+    let fixed = IkeHeader::LEN + 8 + c.body_len(0) + 16;
+    let chunk = size.saturating_sub(fixed).max(16);
+    let pieces: Vec<&[u8]> = inner.chunks(chunk).collect();
+    let total = pieces.len() as u16;
+    let mut out = Vec::with_capacity(pieces.len());
+    for (i, piece) in pieces.iter().enumerate() {
+        let body_len = c.body_len(piece.len());
+        let mut bytes = Message {
+            header: header.clone(),
+            payloads: vec![Payload::EncryptedFragment(tandem_wire::EncryptedFragment {
+                fragment_number: i as u16 + 1,
+                total_fragments: total,
+                first_inner: if i == 0 { first } else { PayloadType::NONE },
+                body: vec![0; body_len],
+            })],
+        }
+        .emit();
+        let split = bytes.len() - body_len;
+        let (prefix, body) = bytes.split_at_mut(split);
+        if c.seal(prefix, piece, body).is_err() {
+            return Vec::new();
+        }
+        out.push(bytes);
+    }
+    out
 }
 
 /// Jittered soft lifetime: `rekey - random(0..=rand)`.

@@ -118,6 +118,7 @@ impl Endpoint {
         payloads.push(Payload::Ke { dh_group: ke.group().transform_id(), data: ke.public_value().to_vec() });
         payloads.push(Payload::Nonce(sa.ni.clone()));
         payloads.extend(nat_payloads(sa.spi_i, 0, sa.local, sa.remote));
+        payloads.push(Payload::Notify(Notify::new(NotifyType::IKEV2_FRAGMENTATION_SUPPORTED, vec![])));
         let header = IkeHeader::new(sa.spi_i, 0, ExchangeType::IKE_SA_INIT, flags::INITIATOR, 0);
         Message { header, payloads }.emit()
     }
@@ -196,6 +197,7 @@ impl Endpoint {
             Err(_) => return self.fail_sa(sa, "key derivation failed"),
         }
         sa.suite = Some(sel);
+        sa.frag_supported = notify_of(p, NotifyType::IKEV2_FRAGMENTATION_SUPPORTED).is_some();
         if let Some((nl, nr)) = detect_nat(p, sa.spi_i, sa.spi_r, local, remote) {
             sa.nat_local = nl;
             sa.nat_remote = nr;
@@ -340,13 +342,17 @@ impl Endpoint {
             sa.nat_local = nl;
             sa.nat_remote = nr;
         }
-        let payloads = vec![
+        sa.frag_supported = notify_of(p, NotifyType::IKEV2_FRAGMENTATION_SUPPORTED).is_some();
+        let mut payloads = vec![
             Payload::Sa(vec![proposal::selected_to_wire(&sel, number, ProtocolId::IKE, &[])]),
             Payload::Ke { dh_group: group.transform_id(), data: our_ke.public_value().to_vec() },
             Payload::Nonce(sa.nr.clone()),
             nat_payloads(spi_i, id, local, remote)[0].clone(),
             nat_payloads(spi_i, id, local, remote)[1].clone(),
         ];
+        if sa.frag_supported {
+            payloads.push(Payload::Notify(Notify::new(NotifyType::IKEV2_FRAGMENTATION_SUPPORTED, vec![])));
+        }
         let header = IkeHeader::new(spi_i, id, ExchangeType::IKE_SA_INIT, flags::RESPONSE, 0);
         let bytes = Message { header, payloads }.emit();
         sa.init_response = bytes.clone();

@@ -137,6 +137,11 @@ pub struct IkeSa {
     pub rekeyed_by_peer: Option<(IkeSaId, Vec<u8>, Vec<u8>)>,
     /// Why the SA is being deleted, once it is.
     pub down_reason: Option<crate::api::DownReason>,
+    /// Both sides announced IKEV2_FRAGMENTATION_SUPPORTED (RFC 7383).
+    #[serde(default)]
+    pub frag_supported: bool,
+    #[serde(skip)]
+    pub reassembly: tandem_wire::fragment::FragmentReassembler,
     #[serde(skip)]
     pub ke: Option<KeyExchange>,
     #[serde(skip)]
@@ -189,6 +194,8 @@ impl IkeSa {
             superseded: false,
             down_reason: None,
             rekeyed_by_peer: None,
+            frag_supported: false,
+            reassembly: Default::default(),
             ke: None,
             created: Some(now),
             established: None,

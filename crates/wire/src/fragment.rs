@@ -27,6 +27,13 @@ pub enum FragmentOutcome {
     Complete(Vec<EncryptedFragment>),
 }
 
+impl Default for FragmentReassembler {
+    /// At most 64 fragments and 64 KiB per message.
+    fn default() -> Self {
+        FragmentReassembler::new(64, 64 * 1024)
+    }
+}
+
 impl FragmentReassembler {
     pub fn new(max_fragments: u16, max_bytes: usize) -> Self {
         FragmentReassembler {
