@@ -93,8 +93,9 @@ impl Drop for Netns {
     }
 }
 
-/// Two hosts, `left` (10.99.1.1) and `right` (10.99.1.2), on one veth link, each with a protected
-/// subnet address on lo (10.99.10.1 and 10.99.20.1).
+/// Two hosts, `left` (10.99.1.1, fd00:99:1::1) and `right` (10.99.1.2, fd00:99:1::2), on one veth
+/// link, each with protected-subnet addresses on lo (10.99.10.1 / fd00:99:10::1 and 10.99.20.1 /
+/// fd00:99:20::1).
 pub struct Pair {
     pub left: Netns,
     pub right: Netns,
@@ -116,6 +117,11 @@ impl Pair {
         right.ip(&["link", "set", &b, "up"]);
         left.ip(&["addr", "add", "10.99.10.1/32", "dev", "lo"]);
         right.ip(&["addr", "add", "10.99.20.1/32", "dev", "lo"]);
+        // IPv6 too (no duplicate address detection, so the addresses are usable at once).
+        left.ip(&["addr", "add", "fd00:99:1::1/64", "dev", &a, "nodad"]);
+        right.ip(&["addr", "add", "fd00:99:1::2/64", "dev", &b, "nodad"]);
+        left.ip(&["addr", "add", "fd00:99:10::1/128", "dev", "lo"]);
+        right.ip(&["addr", "add", "fd00:99:20::1/128", "dev", "lo"]);
         Pair { left, right, right_if: b }
     }
 

@@ -201,6 +201,52 @@ fn fragmented_ike_auth_both_ways() {
 }
 
 #[test]
+fn ipv6_outer_and_inner_both_ways() {
+    if !prerequisites_present() {
+        return;
+    }
+    let (ike, esp) = SUITES[3];
+    let v6 = |s: &str| {
+        s.replace("10.99.1.1", "fd00:99:1::1")
+            .replace("10.99.1.2", "fd00:99:1::2")
+            .replace("10.99.10.0/24", "fd00:99:10::/64")
+            .replace("10.99.20.0/24", "fd00:99:20::/64")
+    };
+    for tandem_first in [true, false] {
+        let mut pair = Pair::new();
+        let dir = Tandemd::dir_for(&pair.left);
+        let socket = dir.join("tandemd.sock");
+        let toml = v6(&left_config_full(socket.to_str().unwrap(), ike, esp, "", "", ""));
+        let t = Tandemd::start(&mut pair.left, dir, &toml);
+        let mut cfg = CharonConfig::right(ike, esp);
+        cfg.local_addr = v6(&cfg.local_addr);
+        cfg.remote_addr = v6(&cfg.remote_addr);
+        cfg.local_ts = v6(&cfg.local_ts);
+        cfg.remote_ts = v6(&cfg.remote_ts);
+        let c = Charon::start(&mut pair.right, &cfg);
+        let b = Bed { t, c, pair };
+        if tandem_first {
+            tandem_initiates(&b);
+        } else {
+            charon_initiates(&b);
+        }
+        let ok = wait_until(WAIT, POLL, || {
+            let c = b.c.list_sas();
+            b.t.established().len() == 1 && c.len() == 1 && c[0].installed_children().len() == 1
+        });
+        assert!(ok, "{}\n--- charon ---\n{}", b.t.log(), b.c.log());
+        let sa = &b.t.established()[0];
+        assert_eq!(sa["remote"], "[fd00:99:1::2]:4500");
+        let c = b.c.list_sas().remove(0);
+        assert_eq!(hex64(&sa["spi_i"]), c.spi_i);
+        let child = &b.t.child_sas()[0];
+        assert_eq!(child["spi_in"].as_u64().unwrap() as u32, hex_u32(&c.installed_children()[0].spi_out));
+        assert_eq!(c.installed_children()[0].remote_ts, vec!["fd00:99:10::/64"]);
+        assert_eq!(child["remote_ts"][0]["start_addr"], "fd00:99:20::");
+    }
+}
+
+#[test]
 fn cookie_demanded_at_threshold_zero() {
     if !prerequisites_present() {
         return;

@@ -4,8 +4,9 @@
 use crate::api::IkeSaId;
 
 /// Receives every IKE SA state change. `snapshot` is the serialized (serde_json) full state of the
-/// IKE SA and its CHILD SAs, including Message IDs and the last request/response, from which a
-/// standby can rebuild the SA exactly with `Endpoint::restore_ike_sa`.
+/// IKE SA and its CHILD SAs, including keys, Message IDs and the last request/response, from which a
+/// standby will rebuild the SA (the restoring side comes with active/standby sync). Timers are not in
+/// the snapshot: a standby re-arms them from the configured lifetimes when it takes over.
 pub trait SaObserver: Send {
     fn ike_sa_changed(&mut self, id: IkeSaId, snapshot: &[u8]);
     fn ike_sa_removed(&mut self, id: IkeSaId);
