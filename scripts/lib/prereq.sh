@@ -5,7 +5,7 @@
 die() { echo "error: $*" >&2; exit 1; }
 
 APT_PACKAGES=(strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins
-              iperf3 iproute2 iputils-ping python3 procps)
+              iperf3 iproute2 iputils-ping python3 procps tshark)
 
 install_prerequisites() {
   [ "$(id -u)" = 0 ] || die "run as root (network namespaces and strongSwan need it)"
@@ -20,10 +20,13 @@ install_prerequisites() {
     local prc=/usr/sbin/policy-rc.d had_prc=0
     [ -e "$prc" ] && had_prc=1
     [ $had_prc = 1 ] || { printf '#!/bin/sh\nexit 101\n' > "$prc"; chmod +x "$prc"; }
+    # tshark asks whether non-root users may capture; answer no without a prompt.
+    echo 'wireshark-common wireshark-common/install-setuid boolean false' | debconf-set-selections
     DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
     [ $had_prc = 1 ] || rm -f "$prc"
   fi
   [ -x /usr/lib/ipsec/charon ] || die "strongSwan charon missing after install"
   command -v swanctl >/dev/null || die "swanctl missing after install"
+  command -v tshark >/dev/null || die "tshark missing after install"
 }

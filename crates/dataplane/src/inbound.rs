@@ -1,0 +1,366 @@
+//! The inbound worker: wire → demux → open → TUN. One thread polls every UDP encapsulation socket
+//! and the raw ESP sockets; per batch it loads the SAD snapshot once, opens each ESP packet in
+//! place in the receive buffer (a UDP GRO entry holds many packets of one stride), copies the
+//! inner packet into a reused TUN write buffer and writes the batch (coalesced by tun-rs GRO).
+
+use std::io::IoSliceMut;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quinn_udp::RecvMeta;
+use tandem_esp::error::DropReason;
+use tandem_esp::esp_packet::peek_spi;
+use tandem_esp::ip::{recompute_l4_checksum, write_ip_header};
+use tandem_esp::open::open_sa;
+use tandem_esp::sa::Mode;
+use tandem_esp::sad::SadSnapshot;
+use tun_rs::GROTable;
+
+use crate::counters::add;
+use crate::demux::{classify, NattKind};
+use crate::events::{DataplaneEvent, InvalidSpiLimiter};
+use crate::raw::RawEspSocket;
+use crate::shared::{Shared, TunTable};
+use crate::sys::{PollSet, MMSG_BATCH};
+use crate::tun::{Tun, TUN_WRITE_HEADROOM};
+
+/// UDP receive entries per call and the size of each (room for a full GRO train of 64 datagrams).
+const UDP_SLOTS: usize = 8;
+const UDP_SLOT_LEN: usize = 64 * 1500;
+/// Raw socket datagrams per call.
+const RAW_SLOT_LEN: usize = 2048;
+/// TUN writes per `send_multiple`.
+const TUN_BATCH: usize = 128;
+/// Capacity of each TUN write buffer: a coalesced 64 KiB super-frame plus headroom.
+const TUN_WRITE_CAPACITY: usize = 2 * TUN_WRITE_HEADROOM + 65536;
+/// Receive calls per socket before looking at the other sockets.
+const ROUNDS: usize = 16;
+const IDLE_POLL_MS: i32 = 200;
+
+/// Pending writes to one TUN.
+struct TunOut {
+    tun: Arc<Tun>,
+    bufs: Vec<Vec<u8>>,
+    n: usize,
+    gro: GROTable,
+}
+
+impl TunOut {
+    fn new(tun: Arc<Tun>) -> TunOut {
+        TunOut {
+            tun,
+            // tun-rs coalesces the segments of a TCP/UDP flow into the flow's first buffer only
+            // if that buffer can hold the result (up to 64 KiB); otherwise every segment is one
+            // write and one skb. Pages are only touched as far as they are used.
+            bufs: (0..TUN_BATCH).map(|_| Vec::with_capacity(TUN_WRITE_CAPACITY)).collect(),
+            n: 0,
+            gro: GROTable::default(),
+        }
+    }
+
+    /// A buffer for the next packet, holding the headroom only.
+    fn next_buf(&mut self, shared: &Shared) -> &mut Vec<u8> {
+        if self.n == self.bufs.len() {
+            self.flush(shared);
+        }
+        let b = &mut self.bufs[self.n];
+        self.n += 1;
+        b.clear();
+        b.resize(TUN_WRITE_HEADROOM, 0);
+        b
+    }
+
+    fn flush(&mut self, shared: &Shared) {
+        if self.n == 0 {
+            return;
+        }
+        let bytes: usize = self.bufs[..self.n].iter().map(|b| b.len() - TUN_WRITE_HEADROOM).sum();
+        let c = &shared.counters;
+        match self.tun.send_batch(&mut self.gro, &mut self.bufs[..self.n], TUN_WRITE_HEADROOM) {
+            Ok(_) => {
+                add(&c.tun_tx_packets, self.n as u64);
+                add(&c.tun_tx_bytes, bytes as u64);
+            }
+            Err(e) => {
+                tracing::debug!(target: "dataplane", "TUN write: {e}");
+                add(&c.tun_write_errors, self.n as u64);
+            }
+        }
+        self.n = 0;
+    }
+}
+
+pub struct Inbound {
+    shared: Arc<Shared>,
+    raw: Vec<Arc<RawEspSocket>>,
+    udp_bufs: Vec<Vec<u8>>,
+    raw_bufs: Vec<Vec<u8>>,
+    outs: Vec<TunOut>,
+    table: Arc<TunTable>,
+    invalid_spi: InvalidSpiLimiter,
+}
+
+impl Inbound {
+    pub fn new(shared: Arc<Shared>, raw: Vec<Arc<RawEspSocket>>) -> Inbound {
+        let table = shared.tuns.load_full();
+        let outs = table.list.iter().map(|e| TunOut::new(e.tun.clone())).collect();
+        let invalid_spi = InvalidSpiLimiter::new(shared.cfg.invalid_spi_interval, 64);
+        Inbound {
+            shared,
+            raw,
+            udp_bufs: vec![vec![0u8; UDP_SLOT_LEN]; UDP_SLOTS],
+            raw_bufs: vec![vec![0u8; RAW_SLOT_LEN]; MMSG_BATCH],
+            outs,
+            table,
+            invalid_spi,
+        }
+    }
+
+    pub fn run(mut self) {
+        let shared = self.shared.clone();
+        let mut fds = vec![shared.wake_in.raw_fd()];
+        fds.extend(shared.udp.iter().map(|s| s.raw_fd()));
+        fds.extend(self.raw.iter().map(|s| s.raw_fd()));
+        let mut poll = PollSet::new(&fds);
+        // Reload the interface table on the first round (it may have changed since `new`).
+        let mut generation = u64::MAX;
+        while !shared.stopping() {
+            if let Err(e) = poll.wait(IDLE_POLL_MS) {
+                tracing::warn!(target: "dataplane", "inbound poll: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if shared.stopping() {
+                break;
+            }
+            if poll.ready(0) {
+                shared.wake_in.drain();
+            }
+            let g = shared.tuns_generation.load(Ordering::Acquire);
+            if g != generation {
+                generation = g;
+                self.table = shared.tuns.load_full();
+                self.outs = self.table.list.iter().map(|e| TunOut::new(e.tun.clone())).collect();
+            }
+            let now = Instant::now();
+            for i in 0..shared.udp.len() {
+                if poll.ready(1 + i) {
+                    self.drain_udp(now, i);
+                }
+            }
+            for i in 0..self.raw.len() {
+                if poll.ready(1 + shared.udp.len() + i) {
+                    self.drain_raw(now, i);
+                }
+            }
+        }
+    }
+
+    fn drain_udp(&mut self, now: Instant, idx: usize) {
+        let shared = self.shared.clone();
+        let sock = shared.udp[idx].clone();
+        let mut meta = [RecvMeta::default(); UDP_SLOTS];
+        for _ in 0..ROUNDS {
+            let n = {
+                let mut iovs: [IoSliceMut<'_>; UDP_SLOTS] = {
+                    let mut it = self.udp_bufs.iter_mut();
+                    std::array::from_fn(|_| {
+                        IoSliceMut::new(it.next().map(|b| b.as_mut_slice()).unwrap_or(&mut []))
+                    })
+                };
+                match sock.recv(&mut iovs, &mut meta) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        tracing::debug!(target: "dataplane", "UDP receive: {e}");
+                        break;
+                    }
+                }
+            };
+            add(&shared.counters.rx_batches, 1);
+            let sad = shared.sad.snapshot();
+            let mut datagrams = 0u64;
+            for (m, buf) in meta.iter().zip(self.udp_bufs.iter_mut()).take(n) {
+                let local = sock.local_of(m);
+                let stride = m.stride.max(1);
+                let len = m.len.min(buf.len());
+                for seg in buf[..len].chunks_mut(stride) {
+                    datagrams += 1;
+                    match classify(seg) {
+                        NattKind::Ike(ike) => {
+                            add(&shared.counters.ike_rx, 1);
+                            shared.events.send(DataplaneEvent::IkeDatagram {
+                                local,
+                                remote: m.addr,
+                                data: ike.to_vec(),
+                            });
+                        }
+                        NattKind::Keepalive => add(&shared.counters.nat_keepalive_rx, 1),
+                        NattKind::Runt => add(&shared.counters.drop_runt, 1),
+                        NattKind::Esp(_) => process_esp(
+                            &shared,
+                            &sad,
+                            &self.table,
+                            &mut self.outs,
+                            &mut self.invalid_spi,
+                            now,
+                            seg,
+                            m.addr,
+                        ),
+                    }
+                }
+            }
+            add(&shared.counters.rx_datagrams, datagrams);
+            self.flush_tuns();
+            if n < UDP_SLOTS {
+                break;
+            }
+        }
+    }
+
+    fn drain_raw(&mut self, now: Instant, idx: usize) {
+        let shared = self.shared.clone();
+        let sock = self.raw[idx].clone();
+        let mut out = [(0usize, 0usize, None::<IpAddr>); MMSG_BATCH];
+        for _ in 0..ROUNDS {
+            let n = {
+                let mut slices: [&mut [u8]; MMSG_BATCH] = {
+                    let mut it = self.raw_bufs.iter_mut();
+                    std::array::from_fn(|_| it.next().map(|b| b.as_mut_slice()).unwrap_or(&mut []))
+                };
+                match sock.recv(&mut slices, &mut out) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        tracing::debug!(target: "dataplane", "raw ESP receive: {e}");
+                        break;
+                    }
+                }
+            };
+            add(&shared.counters.rx_batches, 1);
+            add(&shared.counters.rx_datagrams, n as u64);
+            let sad = shared.sad.snapshot();
+            for (&(start, len, src), buf) in out.iter().zip(self.raw_bufs.iter_mut()).take(n) {
+                let (Some(src), true) = (src, len > 0 && start + len <= buf.len()) else {
+                    add(&shared.counters.drop_runt, 1);
+                    continue;
+                };
+                let seg = &mut buf[start..start + len];
+                if seg.len() < tandem_wire::esp::EspHeader::LEN {
+                    add(&shared.counters.drop_runt, 1);
+                    continue;
+                }
+                let remote = SocketAddr::new(src, 0);
+                process_esp(
+                    &shared,
+                    &sad,
+                    &self.table,
+                    &mut self.outs,
+                    &mut self.invalid_spi,
+                    now,
+                    seg,
+                    remote,
+                );
+            }
+            self.flush_tuns();
+            if n < MMSG_BATCH {
+                break;
+            }
+        }
+    }
+
+    fn flush_tuns(&mut self) {
+        for o in &mut self.outs {
+            o.flush(&self.shared);
+        }
+    }
+}
+
+/// Open one ESP packet (in place) and queue its inner packet for the right TUN.
+#[allow(clippy::too_many_arguments)]
+fn process_esp(
+    shared: &Shared,
+    sad: &SadSnapshot,
+    table: &TunTable,
+    outs: &mut [TunOut],
+    limiter: &mut InvalidSpiLimiter,
+    now: Instant,
+    pkt: &mut [u8],
+    remote: SocketAddr,
+) {
+    let c = &shared.counters;
+    add(&c.esp_rx_packets, 1);
+    add(&c.esp_rx_bytes, pkt.len() as u64);
+    let Some(spi) = peek_spi(pkt) else {
+        add(&c.drop_runt, 1);
+        return;
+    };
+    let Some(sa) = sad.inbound(spi) else {
+        add(&c.drop_unknown_spi, 1);
+        shared.sad.global().count_drop(DropReason::NoSa(spi));
+        if limiter.allow(now, spi, remote.ip()) {
+            add(&c.invalid_spi_reports, 1);
+            shared.events.send(DataplaneEvent::InvalidSpi { spi, remote: remote.ip() });
+        }
+        return;
+    };
+    let opened = match open_sa(sa, pkt) {
+        Ok(o) => o,
+        Err(reason) => {
+            shared.sad.global().count_drop(reason);
+            match reason {
+                DropReason::PolicyMismatch => add(&c.drop_inbound_policy, 1),
+                DropReason::InnerMalformed | DropReason::BadNextHeader(_) => add(&c.drop_malformed_inner, 1),
+                _ => add(&c.drop_open_error, 1),
+            }
+            return;
+        }
+    };
+    let Some(out) = outs.get_mut(table.for_reqid(sa.reqid())) else {
+        add(&c.tun_write_errors, 1);
+        return;
+    };
+    let payload = &pkt[opened.payload.clone()];
+    match sa.mode() {
+        Mode::Tunnel => {
+            out.next_buf(shared).extend_from_slice(payload);
+        }
+        Mode::Transport => {
+            // Rebuild the IP packet the kernel would have delivered: from the peer to us.
+            let (src, dst) = (sa.remote().ip(), sa.local().ip());
+            let ok = {
+                let buf = out.next_buf(shared);
+                buf.resize(TUN_WRITE_HEADROOM + 40, 0);
+                match write_ip_header(
+                    &mut buf[TUN_WRITE_HEADROOM..],
+                    src,
+                    dst,
+                    opened.next_header,
+                    payload.len(),
+                ) {
+                    Some(hl) => {
+                        buf.truncate(TUN_WRITE_HEADROOM + hl);
+                        buf.extend_from_slice(payload);
+                        if sa.udp_encap() {
+                            // Behind NAT the peer computed its TCP/UDP checksum over its own,
+                            // private addresses (RFC 3948 section 3.1.2): recompute it over the
+                            // addresses we deliver.
+                            recompute_l4_checksum(&mut buf[TUN_WRITE_HEADROOM..]);
+                        }
+                        true
+                    }
+                    None => false,
+                }
+            };
+            if !ok {
+                out.n -= 1;
+                add(&c.drop_malformed_inner, 1);
+                return;
+            }
+        }
+    }
+    add(&c.esp_rx_ok, 1);
+}
