@@ -1,0 +1,335 @@
+//! Traffic probes run inside test namespaces: `ping`, `iperf3` and a `dumpcap` capture summarised
+//! with `tshark`. Every process is started through `Netns::spawn` (so it dies with its namespace)
+//! and stopped by its PID.
+
+use crate::netns::Netns;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The outcome of one `ping` run.
+#[derive(Debug, Clone, Default)]
+pub struct PingResult {
+    pub transmitted: u32,
+    pub received: u32,
+    pub output: String,
+}
+
+impl PingResult {
+    pub fn lost(&self) -> u32 {
+        self.transmitted.saturating_sub(self.received)
+    }
+}
+
+/// A ping run: `count` echo requests every `interval`, from `src` to `dst` (IPv4 or IPv6, chosen by
+/// the address), each reply awaited at most `wait` (`-W`).
+#[derive(Debug, Clone)]
+pub struct Ping<'a> {
+    pub src: &'a str,
+    pub dst: &'a str,
+    pub count: u32,
+    pub interval: Duration,
+    pub wait: Duration,
+    pub size: Option<u32>,
+}
+
+impl<'a> Ping<'a> {
+    pub fn new(src: &'a str, dst: &'a str, count: u32) -> Ping<'a> {
+        Ping {
+            src,
+            dst,
+            count,
+            interval: Duration::from_millis(100),
+            wait: Duration::from_secs(2),
+            size: None,
+        }
+    }
+
+    pub fn interval(mut self, d: Duration) -> Self {
+        self.interval = d;
+        self
+    }
+
+    pub fn size(mut self, s: u32) -> Self {
+        self.size = Some(s);
+        self
+    }
+
+    pub fn run(&self, ns: &Netns) -> PingResult {
+        let family = if self.dst.contains(':') { "-6" } else { "-4" };
+        let interval = format!("{:.3}", self.interval.as_secs_f64());
+        let count = self.count.to_string();
+        let wait = self.wait.as_secs().max(1).to_string();
+        let mut args = vec![family, "-n", "-q", "-c", &count, "-i", &interval, "-W", &wait, "-I", self.src];
+        let size;
+        if let Some(s) = self.size {
+            size = s.to_string();
+            args.extend(["-s", &size]);
+        }
+        args.push(self.dst);
+        let out = ns.exec("ping", &args);
+        let text =
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        parse_ping(&text)
+    }
+}
+
+/// Parse ping's summary line: `5 packets transmitted, 5 received, 0% packet loss, time 4005ms`.
+pub fn parse_ping(text: &str) -> PingResult {
+    let mut r = PingResult { output: text.to_string(), ..Default::default() };
+    for line in text.lines() {
+        if let Some((tx, rest)) = line.split_once(" packets transmitted, ") {
+            r.transmitted = tx.trim().parse().unwrap_or(0);
+            r.received = rest.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0);
+        }
+    }
+    r
+}
+
+/// Ping once (1 s wait) until a reply comes or `timeout` passes; true if one came.
+pub fn ping_until_reply(ns: &Netns, src: &str, dst: &str, timeout: Duration) -> bool {
+    crate::wait_until(timeout, Duration::from_millis(100), || {
+        let mut p = Ping::new(src, dst, 1);
+        p.wait = Duration::from_secs(1);
+        p.run(ns).received == 1
+    })
+}
+
+/// What an iperf3 client reported.
+#[derive(Debug, Clone, Default)]
+pub struct IperfResult {
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub bits_per_second: f64,
+    pub retransmits: u64,
+}
+
+/// Start a one-shot iperf3 server (`-1`) bound to `bind` in `server_ns`, wait until it listens,
+/// run the client from `client_ns` (bound to `src`) for `secs`, and parse the client's JSON.
+pub fn iperf3(
+    server_ns: &mut Netns,
+    client_ns: &Netns,
+    src: &str,
+    dst: &str,
+    port: u16,
+    secs: u32,
+) -> Result<IperfResult, String> {
+    let port_s = port.to_string();
+    let mut cmd = server_ns.command("iperf3");
+    cmd.args(["-s", "-1", "-B", dst, "-p", &port_s])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let pid = server_ns.spawn(cmd);
+    let listening = crate::wait_until(Duration::from_secs(5), Duration::from_millis(20), || {
+        let o = server_ns.exec("ss", &["-Hltn", &format!("sport = :{port}")]);
+        !String::from_utf8_lossy(&o.stdout).trim().is_empty()
+    });
+    if !listening {
+        server_ns.stop(pid, Duration::from_secs(1));
+        return Err("iperf3 server did not start listening".into());
+    }
+    let secs_s = secs.to_string();
+    let out = client_ns.exec(
+        "iperf3",
+        &["-c", dst, "-B", src, "-p", &port_s, "-t", &secs_s, "-J", "--connect-timeout", "5000"],
+    );
+    server_ns.stop(pid, Duration::from_secs(2));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let v: Value = serde_json::from_str(&text).map_err(|e| format!("iperf3 JSON: {e}: {text}"))?;
+    if let Some(e) = v.get("error") {
+        return Err(format!("iperf3: {e}"));
+    }
+    parse_iperf3(&v).ok_or_else(|| format!("iperf3 output without end.sum_*: {text}"))
+}
+
+pub fn parse_iperf3(v: &Value) -> Option<IperfResult> {
+    let sent = v.get("end")?.get("sum_sent")?;
+    let recv = v.get("end")?.get("sum_received")?;
+    Some(IperfResult {
+        bytes_sent: sent.get("bytes")?.as_u64()?,
+        bytes_received: recv.get("bytes")?.as_u64()?,
+        bits_per_second: recv.get("bits_per_second")?.as_f64()?,
+        retransmits: sent.get("retransmits").and_then(Value::as_u64).unwrap_or(0),
+    })
+}
+
+/// A packet capture on one interface of a namespace, written to a pcapng file by `dumpcap`.
+pub struct Capture {
+    pub file: PathBuf,
+    pid: u32,
+    stopped: bool,
+}
+
+impl Capture {
+    /// Start capturing on `iface` (optionally with a capture filter); returns once dumpcap reports
+    /// "Capturing on" (it has the interface open), not after a fixed delay.
+    pub fn start(ns: &mut Netns, iface: &str, filter: Option<&str>) -> Capture {
+        let dir = std::env::temp_dir().join(format!("tandem-capture-{}", ns.name));
+        std::fs::create_dir_all(&dir).expect("capture dir");
+        let file = dir.join(format!("{iface}-{}.pcapng", crate::netns::unique_tag()));
+        let log = file.with_extension("log");
+        let mut cmd = ns.command("dumpcap");
+        cmd.args(["-q", "-i", iface, "-w"]).arg(&file);
+        if let Some(f) = filter {
+            cmd.args(["-f", f]);
+        }
+        cmd.stdout(std::process::Stdio::null()).stderr(std::fs::File::create(&log).expect("capture log"));
+        let pid = ns.spawn(cmd);
+        let up = crate::wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
+            std::fs::read_to_string(&log).is_ok_and(|s| s.contains("Capturing on"))
+        });
+        assert!(up, "dumpcap did not start: {}", std::fs::read_to_string(&log).unwrap_or_default());
+        Capture { file, pid, stopped: false }
+    }
+
+    /// Stop the capture (SIGTERM by PID; dumpcap flushes and closes the file) and return the file.
+    pub fn stop(&mut self, ns: &mut Netns) -> &Path {
+        if !self.stopped {
+            ns.stop(self.pid, Duration::from_secs(5));
+            self.stopped = true;
+        }
+        &self.file
+    }
+}
+
+/// One captured frame as tshark dissects it.
+#[derive(Debug, Clone, Default)]
+pub struct Frame {
+    /// `frame.protocols`, e.g. `eth:ethertype:ip:udp:udpencap:esp`.
+    pub protocols: String,
+    /// Every IPv4/IPv6 source and destination address tshark found in the frame (all layers).
+    pub addrs: Vec<String>,
+    pub esp_spi: Option<u32>,
+    pub esp_seq: Option<u64>,
+    pub len: u32,
+}
+
+impl Frame {
+    pub fn layers(&self) -> Vec<&str> {
+        self.protocols.split(':').collect()
+    }
+
+    pub fn is_esp(&self) -> bool {
+        self.layers().contains(&"esp")
+    }
+
+    /// ESP directly in IP (protocol 50), not in UDP.
+    pub fn is_raw_esp(&self) -> bool {
+        self.is_esp() && !self.layers().contains(&"udp")
+    }
+}
+
+/// Dissect a capture file with `tshark -r FILE -T fields`.
+pub fn frames(file: &Path) -> Vec<Frame> {
+    let out = std::process::Command::new("tshark")
+        .args(["-n", "-r"])
+        .arg(file)
+        .args([
+            "-T",
+            "fields",
+            "-E",
+            "separator=|",
+            "-E",
+            "occurrence=a",
+            "-E",
+            "aggregator=,",
+            "-e",
+            "frame.protocols",
+            "-e",
+            "ip.src",
+            "-e",
+            "ip.dst",
+            "-e",
+            "ipv6.src",
+            "-e",
+            "ipv6.dst",
+            "-e",
+            "esp.spi",
+            "-e",
+            "esp.sequence",
+            "-e",
+            "frame.len",
+        ])
+        .output()
+        .expect("run tshark");
+    assert!(out.status.success(), "tshark -r: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let f: Vec<&str> = l.split('|').collect();
+            let get = |i: usize| f.get(i).copied().unwrap_or("");
+            let mut addrs = Vec::new();
+            for i in 1..=4 {
+                addrs.extend(get(i).split(',').filter(|a| !a.is_empty()).map(str::to_string));
+            }
+            let first = |s: &str| s.split(',').next().unwrap_or("").to_string();
+            Frame {
+                protocols: get(0).to_string(),
+                addrs,
+                esp_spi: parse_num(&first(get(5))).map(|v| v as u32),
+                esp_seq: parse_num(&first(get(6))),
+                len: get(7).parse().unwrap_or(0),
+            }
+        })
+        .collect()
+}
+
+fn parse_num(s: &str) -> Option<u64> {
+    let s = s.trim();
+    if let Some(h) = s.strip_prefix("0x") {
+        u64::from_str_radix(h, 16).ok()
+    } else {
+        s.parse().ok()
+    }
+}
+
+/// What crossed the wire, by kind.
+#[derive(Debug, Default, Clone)]
+pub struct WireSummary {
+    pub total: usize,
+    pub esp_udp: usize,
+    pub esp_raw: usize,
+    pub ike: usize,
+    /// Link-layer housekeeping between the outer addresses: ARP, IPv6 neighbour discovery,
+    /// NAT-T keepalives, IP fragments of (reassembled) ESP datagrams.
+    pub housekeeping: usize,
+    /// Frames that are none of the above (e.g. ICMP, TCP): should not exist on a protected link.
+    pub other: Vec<String>,
+    /// Frames carrying an inner (protected-subnet) address anywhere in their headers.
+    pub leaking: Vec<String>,
+}
+
+/// Classify frames; `inner_prefixes` are address prefixes that must never appear on the wire
+/// (e.g. "10.99.10.", "fd00:99:10:").
+pub fn summarise(frames: &[Frame], inner_prefixes: &[&str]) -> WireSummary {
+    let mut s = WireSummary { total: frames.len(), ..Default::default() };
+    for f in frames {
+        let layers = f.layers();
+        if f.addrs.iter().any(|a| inner_prefixes.iter().any(|p| a.starts_with(p))) {
+            s.leaking.push(format!("{} {:?}", f.protocols, f.addrs));
+        }
+        if f.is_esp() {
+            if layers.contains(&"udp") {
+                s.esp_udp += 1;
+            } else {
+                s.esp_raw += 1;
+            }
+        } else if layers.contains(&"isakmp") {
+            s.ike += 1;
+        } else if layers.contains(&"arp")
+            || layers.contains(&"udpencap")
+            || layers.contains(&"ipv6.fraghdr")
+            || (layers.contains(&"icmpv6")
+                && !layers.iter().any(|l| *l == "ip" || *l == "tcp" || *l == "udp"))
+            || (layers.last() == Some(&"data")
+                && (layers.contains(&"ip") || layers.contains(&"ipv6"))
+                && !layers.contains(&"udp"))
+        {
+            s.housekeeping += 1;
+        } else {
+            s.other.push(format!("{} {:?}", f.protocols, f.addrs));
+        }
+    }
+    s
+}
