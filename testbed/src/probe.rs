@@ -153,11 +153,40 @@ pub fn parse_iperf3(v: &Value) -> Option<IperfResult> {
     })
 }
 
-/// A packet capture on one interface of a namespace, written to a pcapng file by `dumpcap`.
+/// A packet capture on one interface of a namespace, written to a pcapng file by `dumpcap`
+/// (headers only: the first 160 bytes of each frame). The file is removed when the capture drops
+/// unless `TANDEM_KEEP_CAPTURES` is set.
 pub struct Capture {
     pub file: PathBuf,
     pid: u32,
+    iface: String,
     stopped: bool,
+}
+
+/// Sends one Ethernet broadcast frame with the local experimental EtherType 0x88b5 and a payload.
+const MARKER: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind((sys.argv[1], 0))
+s.send(b"\xff" * 6 + s.getsockname()[4][:6] + b"\x88\xb5" + sys.argv[2].encode())
+"#;
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        if std::env::var_os("TANDEM_KEEP_CAPTURES").is_none() {
+            let _ = std::fs::remove_file(&self.file);
+        }
+    }
+}
+
+fn file_tail_contains(file: &Path, needle: &[u8]) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(file) else { return false };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(1 << 20)));
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    buf.windows(needle.len()).any(|w| w == needle)
 }
 
 impl Capture {
@@ -169,7 +198,7 @@ impl Capture {
         let file = dir.join(format!("{iface}-{}.pcapng", crate::netns::unique_tag()));
         let log = file.with_extension("log");
         let mut cmd = ns.command("dumpcap");
-        cmd.args(["-q", "-i", iface, "-w"]).arg(&file);
+        cmd.args(["-q", "-s", "160", "-i", iface, "-w"]).arg(&file);
         if let Some(f) = filter {
             cmd.args(["-f", f]);
         }
@@ -179,12 +208,22 @@ impl Capture {
             std::fs::read_to_string(&log).is_ok_and(|s| s.contains("Capturing on"))
         });
         assert!(up, "dumpcap did not start: {}", std::fs::read_to_string(&log).unwrap_or_default());
-        Capture { file, pid, stopped: false }
+        Capture { file, pid, iface: iface.to_string(), stopped: false }
     }
 
-    /// Stop the capture (SIGTERM by PID; dumpcap flushes and closes the file) and return the file.
+    /// Stop the capture and return the file. libpcap hands frames over in blocks, and frames still
+    /// in the kernel's ring when dumpcap exits are lost; so first send a marker frame out of the
+    /// interface and wait until it is in the file (then everything before it is too), then stop
+    /// dumpcap by PID (SIGTERM; it closes the file cleanly).
     pub fn stop(&mut self, ns: &mut Netns) -> &Path {
         if !self.stopped {
+            let marker = format!("tandem-capture-end-{}", crate::netns::unique_tag());
+            let out = ns.exec("python3", &["-c", MARKER, &self.iface, &marker]);
+            assert!(out.status.success(), "marker frame: {}", String::from_utf8_lossy(&out.stderr));
+            let seen = crate::wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+                file_tail_contains(&self.file, marker.as_bytes())
+            });
+            assert!(seen, "the capture never wrote the end marker frame");
             ns.stop(self.pid, Duration::from_secs(5));
             self.stopped = true;
         }
@@ -202,6 +241,8 @@ pub struct Frame {
     pub esp_spi: Option<u32>,
     pub esp_seq: Option<u64>,
     pub len: u32,
+    /// ICMPv6 type of the outermost ICMPv6 header (neighbour discovery and MLD are 130-143).
+    pub icmpv6_type: Option<u32>,
 }
 
 impl Frame {
@@ -249,6 +290,8 @@ pub fn frames(file: &Path) -> Vec<Frame> {
             "esp.sequence",
             "-e",
             "frame.len",
+            "-e",
+            "icmpv6.type",
         ])
         .output()
         .expect("run tshark");
@@ -270,6 +313,7 @@ pub fn frames(file: &Path) -> Vec<Frame> {
                 esp_spi: parse_num(&first(get(5))).map(|v| v as u32),
                 esp_seq: parse_num(&first(get(6))),
                 len: get(7).parse().unwrap_or(0),
+                icmpv6_type: parse_num(&first(get(8))).map(|v| v as u32),
             }
         })
         .collect()
@@ -284,13 +328,16 @@ fn parse_num(s: &str) -> Option<u64> {
     }
 }
 
-/// What crossed the wire, by kind.
+/// What crossed the wire, by kind. Frames are counted as captured: on veth a UDP GSO send shows
+/// up as one super-frame carrying several datagrams, so counts can be below the packets sent.
 #[derive(Debug, Default, Clone)]
 pub struct WireSummary {
     pub total: usize,
     pub esp_udp: usize,
     pub esp_raw: usize,
     pub ike: usize,
+    /// Distinct SPIs of the ESP frames.
+    pub esp_spis: std::collections::BTreeSet<u32>,
     /// Link-layer housekeeping between the outer addresses: ARP, IPv6 neighbour discovery,
     /// NAT-T keepalives, IP fragments of (reassembled) ESP datagrams.
     pub housekeeping: usize,
@@ -309,7 +356,11 @@ pub fn summarise(frames: &[Frame], inner_prefixes: &[&str]) -> WireSummary {
         if f.addrs.iter().any(|a| inner_prefixes.iter().any(|p| a.starts_with(p))) {
             s.leaking.push(format!("{} {:?}", f.protocols, f.addrs));
         }
-        if f.is_esp() {
+        if !layers.iter().any(|l| *l == "ip" || *l == "ipv6" || *l == "arp") {
+            // Not IP at all: the capture's own end marker (EtherType 0x88b5), LLDP and the like.
+            s.housekeeping += 1;
+        } else if f.is_esp() {
+            s.esp_spis.extend(f.esp_spi);
             if layers.contains(&"udp") {
                 s.esp_udp += 1;
             } else {
@@ -320,11 +371,8 @@ pub fn summarise(frames: &[Frame], inner_prefixes: &[&str]) -> WireSummary {
         } else if layers.contains(&"arp")
             || layers.contains(&"udpencap")
             || layers.contains(&"ipv6.fraghdr")
-            || (layers.contains(&"icmpv6")
-                && !layers.iter().any(|l| *l == "ip" || *l == "tcp" || *l == "udp"))
-            || (layers.last() == Some(&"data")
-                && (layers.contains(&"ip") || layers.contains(&"ipv6"))
-                && !layers.contains(&"udp"))
+            || f.icmpv6_type.is_some_and(|t| (130..=143).contains(&t))
+            || layers.windows(2).any(|w| w == ["ip", "data"])
         {
             s.housekeeping += 1;
         } else {

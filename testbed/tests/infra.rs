@@ -37,8 +37,17 @@ fn probes_measure_a_plain_link() {
         return;
     }
     let mut topo = Topo::plain();
+    let left_if = topo.left_if.clone();
+    let mut cap = Capture::start(&mut topo.left, &left_if, None);
     let r = Ping::new("10.99.1.1", "10.99.1.2", 5).interval(Duration::from_millis(20)).run(&topo.left);
     assert_eq!((r.transmitted, r.received), (5, 5), "{}", r.output);
+    // Every frame up to the stop is in the file (the last ones too).
+    let frames = probe::frames(cap.stop(&mut topo.left));
+    let icmp = frames.iter().filter(|f| f.layers().contains(&"icmp")).count();
+    assert_eq!(icmp, 10, "{frames:?}");
+    let s = probe::summarise(&frames, &["10.99.1."]);
+    assert_eq!(s.other.len(), 10, "plain ICMP is unprotected: {s:?}");
+    assert_eq!(s.leaking.len(), 10, "{s:?}");
     let ip =
         probe::iperf3(&mut topo.right, &topo.left, "fd00:99:1::1", "fd00:99:1::2", 5201, 1).expect("iperf3");
     assert!(ip.bytes_received > 1_000_000, "{ip:?}");
