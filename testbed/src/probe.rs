@@ -381,3 +381,31 @@ pub fn summarise(frames: &[Frame], inner_prefixes: &[&str]) -> WireSummary {
     }
     s
 }
+
+/// The namespace's UDP error counters (receive buffer overflows, checksum errors...) from
+/// /proc/net/snmp and /proc/net/snmp6, non-zero ones only, for failure messages.
+pub fn udp_errors(ns_name: &str) -> String {
+    let cat = |f: &str| {
+        let o = std::process::Command::new("ip").args(["netns", "exec", ns_name, "cat", f]).output();
+        o.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
+    };
+    let (four, six) = (cat("/proc/net/snmp"), cat("/proc/net/snmp6"));
+    let mut out = Vec::new();
+    let lines: Vec<&str> = four.lines().filter(|l| l.starts_with("Udp:")).collect();
+    if let [names, values] = lines[..] {
+        for (n, v) in names.split_whitespace().zip(values.split_whitespace()).skip(1) {
+            if v != "0" {
+                out.push(format!("Udp{n}={v}"));
+            }
+        }
+    }
+    for l in six.lines().filter(|l| l.starts_with("Udp6")) {
+        let mut it = l.split_whitespace();
+        if let (Some(n), Some(v)) = (it.next(), it.next()) {
+            if v != "0" {
+                out.push(format!("{n}={v}"));
+            }
+        }
+    }
+    format!("{ns_name}: {}", out.join(" "))
+}

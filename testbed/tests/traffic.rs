@@ -181,7 +181,18 @@ fn charon_case(suite: usize, fam: Family, nat: bool, reverse_iperf: bool) {
     let t = Tandemd::start(&mut topo.left, dir, &conf.toml());
     let cc = charon_conf(&topo, ike, esp, fam);
     let c = Charon::start(&mut topo.right, &cc);
-    let logs = || format!("--- tandemd ---\n{}\n{}\n--- charon ---\n{}", t.log(), stats(&t), c.log());
+    let (lname, rname) = (topo.left.name.clone(), topo.right.name.clone());
+    let logs = || {
+        format!(
+            "--- tandemd ---\n{}\n{}\n--- charon ---\n{}\n--- UDP errors ---\n{}\n{}\n--- charon SAs ---\n{}",
+            t.log(),
+            stats(&t),
+            c.log(),
+            probe::udp_errors(&lname),
+            probe::udp_errors(&rname),
+            String::from_utf8_lossy(&c.swanctl(&["--list-sas"]).stdout)
+        )
+    };
     initiate(&t, &c.log());
     let (li, ri) = inner(fam.inner6());
     await_path(&topo.left, li, ri, &what, &logs);
