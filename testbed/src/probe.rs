@@ -190,8 +190,9 @@ fn file_tail_contains(file: &Path, needle: &[u8]) -> bool {
 }
 
 impl Capture {
-    /// Start capturing on `iface` (optionally with a capture filter); returns once dumpcap reports
-    /// "Capturing on" (it has the interface open), not after a fixed delay.
+    /// Start capturing on `iface` (optionally with a capture filter). dumpcap says "Capturing on"
+    /// a little before its socket really receives, so this returns only once a marker frame sent
+    /// out of the interface after that is in the file: everything sent later is captured.
     pub fn start(ns: &mut Netns, iface: &str, filter: Option<&str>) -> Capture {
         let dir = std::env::temp_dir().join(format!("tandem-capture-{}", ns.name));
         std::fs::create_dir_all(&dir).expect("capture dir");
@@ -200,7 +201,8 @@ impl Capture {
         let mut cmd = ns.command("dumpcap");
         cmd.args(["-q", "-s", "160", "-i", iface, "-w"]).arg(&file);
         if let Some(f) = filter {
-            cmd.args(["-f", f]);
+            // Keep the marker frames whatever the filter.
+            cmd.args(["-f", &format!("({f}) or ether proto 0x88b5")]);
         }
         cmd.stdout(std::process::Stdio::null()).stderr(std::fs::File::create(&log).expect("capture log"));
         let pid = ns.spawn(cmd);
@@ -208,7 +210,22 @@ impl Capture {
             std::fs::read_to_string(&log).is_ok_and(|s| s.contains("Capturing on"))
         });
         assert!(up, "dumpcap did not start: {}", std::fs::read_to_string(&log).unwrap_or_default());
-        Capture { file, pid, iface: iface.to_string(), stopped: false }
+        let cap = Capture { file, pid, iface: iface.to_string(), stopped: false };
+        let armed = crate::wait_until(Duration::from_secs(15), Duration::from_millis(1), || {
+            cap.marker_seen(ns, "start")
+        });
+        assert!(armed, "dumpcap never captured the start marker frame");
+        cap
+    }
+
+    /// Send a marker frame and wait (up to 1.5 s) until it is in the file.
+    fn marker_seen(&self, ns: &Netns, what: &str) -> bool {
+        let marker = format!("tandem-capture-{what}-{}", crate::netns::unique_tag());
+        let out = ns.exec("python3", &["-c", MARKER, &self.iface, &marker]);
+        assert!(out.status.success(), "marker frame: {}", String::from_utf8_lossy(&out.stderr));
+        crate::wait_until(Duration::from_millis(1500), Duration::from_millis(20), || {
+            file_tail_contains(&self.file, marker.as_bytes())
+        })
     }
 
     /// Stop the capture and return the file. libpcap hands frames over in blocks, and frames still
@@ -217,11 +234,8 @@ impl Capture {
     /// dumpcap by PID (SIGTERM; it closes the file cleanly).
     pub fn stop(&mut self, ns: &mut Netns) -> &Path {
         if !self.stopped {
-            let marker = format!("tandem-capture-end-{}", crate::netns::unique_tag());
-            let out = ns.exec("python3", &["-c", MARKER, &self.iface, &marker]);
-            assert!(out.status.success(), "marker frame: {}", String::from_utf8_lossy(&out.stderr));
-            let seen = crate::wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
-                file_tail_contains(&self.file, marker.as_bytes())
+            let seen = crate::wait_until(Duration::from_secs(15), Duration::from_millis(1), || {
+                self.marker_seen(ns, "end")
             });
             assert!(seen, "the capture never wrote the end marker frame");
             ns.stop(self.pid, Duration::from_secs(5));
