@@ -60,7 +60,15 @@ impl<'a> Ping<'a> {
         let interval = format!("{:.3}", self.interval.as_secs_f64());
         let count = self.count.to_string();
         let wait = self.wait.as_secs().max(1).to_string();
-        let mut args = vec![family, "-n", "-q", "-c", &count, "-i", &interval, "-W", &wait, "-I", self.src];
+        // A deadline too: with `-c` alone, once the last request is out ping waits only two
+        // round-trip times for outstanding replies (not `-W`), so a merely late reply counts as
+        // lost. With `-w` it waits for `count` replies until the deadline.
+        let deadline = ((f64::from(self.count) * self.interval.as_secs_f64()).ceil() as u64
+            + self.wait.as_secs().max(1))
+        .to_string();
+        let mut args = vec![
+            family, "-n", "-q", "-c", &count, "-i", &interval, "-W", &wait, "-w", &deadline, "-I", self.src,
+        ];
         let size;
         if let Some(s) = self.size {
             size = s.to_string();

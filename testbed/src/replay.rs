@@ -102,12 +102,15 @@ pub struct EspRecorder {
     file: PathBuf,
 }
 
+/// The helper script, written once per test process.
 fn helper_path() -> PathBuf {
-    let p = std::env::temp_dir().join(format!("tandem-replay-helper-{}.py", std::process::id()));
-    if !p.exists() {
+    static PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        let p = std::env::temp_dir().join(format!("tandem-replay-helper-{}.py", std::process::id()));
         std::fs::write(&p, HELPER).expect("write replay helper");
-    }
-    p
+        p
+    })
+    .clone()
 }
 
 impl EspRecorder {

@@ -7,9 +7,11 @@
 //!   a checkerboard so each suite and each family is seen with and without NAT. ESN is off here:
 //!   kernel-libipsec refuses ESN SAs ("IPsec SA: ESN not supported") and any mode but tunnel
 //!   ("IPsec SA: unsupported mode"), and always encapsulates in UDP.
+//!   charon initiates in three of the non-NAT cases (one per family), tandem in the others.
 //! - tandem to tandem (IKE-negotiated): every suite x {transport, tunnel}, ESN and NAT toggled so
 //!   each suite and each mode is seen with and without ESN and with and without NAT; without NAT
-//!   the ESP is raw (protocol 50).
+//!   the ESP is raw (protocol 50). Transport mode behind NAT is its own test, ignored until the
+//!   daemon handles it (see its `ignore` reason).
 //! - rekeys under a paced ping stream, replay injection, trap, manual SAs, route-based mode.
 //!
 //! Every case checks the wire between the gateways: only ESP (in UDP or raw), IKE and link-layer
@@ -531,6 +533,11 @@ fn replayed_esp_is_dropped_and_counted() {
     assert_eq!(t.sa_counter("in", "packets"), before.2 + 110, "only the 110 genuine replies were accepted");
     assert_eq!(t.sa_counter("in", "auth_failures"), 0);
     assert_eq!(stat(&t, &["esp", "in_auth_failed"]), 0);
+    eprintln!(
+        "replay: window {window}, 20 duplicates + 10 old frames injected, replay drops {} -> {}, 0 of 180 pings lost",
+        before.0,
+        replays(&t)
+    );
 }
 
 /// start-action trap: no tunnel until traffic; the first ping brings it up.
