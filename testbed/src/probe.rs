@@ -183,6 +183,10 @@ impl Drop for Capture {
     fn drop(&mut self) {
         if std::env::var_os("TANDEM_KEEP_CAPTURES").is_none() {
             let _ = std::fs::remove_file(&self.file);
+            let _ = std::fs::remove_file(self.file.with_extension("log"));
+            if let Some(dir) = self.file.parent() {
+                let _ = std::fs::remove_dir(dir); // only if empty
+            }
         }
     }
 }
