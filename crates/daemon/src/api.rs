@@ -121,6 +121,15 @@ async fn initiate(State(h): State<Handle>, Path(name): Path<String>, Query(q): Q
         match sas.iter().find(|s| s.id == id) {
             Some(s) if s.state == IkeSaState::Established => {
                 let c: Vec<_> = children.into_iter().filter(|c| c.ike_sa == id).collect();
+                if c.is_empty() {
+                    // IKE_AUTH carries the first CHILD SA: without it the peer refused it.
+                    return error(
+                        StatusCode::BAD_GATEWAY,
+                        format!(
+                            "IKE SA for vpn {name:?} is up but the peer refused its CHILD SA (see the log)"
+                        ),
+                    );
+                }
                 return Json(json!({ "ike_sa": id, "state": "established", "child_sas": c })).into_response();
             }
             None => {
