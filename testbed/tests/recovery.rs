@@ -4,50 +4,20 @@
 
 use std::time::Duration;
 use tandem_testbed::netns::{Netns, Pair};
-use tandem_testbed::tandemd::Tandemd;
+use tandem_testbed::tandemd::{TandemConf, Tandemd};
 use tandem_testbed::{prerequisites_present, wait_until};
 
 const WAIT: Duration = Duration::from_secs(15);
 const POLL: Duration = Duration::from_millis(50);
 
-/// tandemd on one host of `Pair`: left (10.99.1.1, protects 10.99.10.0/24) or right.
-fn config(socket: &str, left: bool) -> String {
-    let (la, ra, lid, rid, lts, rts) = if left {
-        ("10.99.1.1", "10.99.1.2", "a.test", "b.test", "10.99.10.0/24", "10.99.20.0/24")
-    } else {
-        ("10.99.1.2", "10.99.1.1", "b.test", "a.test", "10.99.20.0/24", "10.99.10.0/24")
-    };
-    format!(
-        r#"[daemon]
-socket = "{socket}"
-listen = ["{la}"]
-[ike-policy.ike1]
-proposals = ["aes256gcm16-prfsha256-x25519"]
-[ipsec-policy.ipsec1]
-proposals = ["aes256gcm16"]
-[vpn.t]
-ike-policy = "ike1"
-ipsec-policy = "ipsec1"
-local-address = "{la}"
-remote-address = "{ra}"
-local-id = "{lid}"
-remote-id = "{rid}"
-[[vpn.t.security-policy]]
-name = "net"
-local-ts = ["{lts}"]
-remote-ts = ["{rts}"]
-[pre-shared-key.t]
-ids = ["a.test", "b.test"]
-secret = "a-long-test-psk"
-"#
-    )
-}
-
+/// tandemd on one host of `Pair`: left (10.99.1.1, protects 10.99.10.0/24) or right (mirrored).
 fn start(ns: &mut Netns, left: bool) -> Tandemd {
     let dir = Tandemd::dir_for(ns);
     let socket = dir.join("tandemd.sock");
-    let toml = config(socket.to_str().unwrap(), left);
-    Tandemd::start(ns, dir, &toml)
+    let socket = socket.to_str().unwrap();
+    let conf = TandemConf::left(socket, "aes256gcm16-prfsha256-x25519", "aes256gcm16");
+    let conf = if left { conf } else { conf.mirrored(socket, "10.99.1.2", Some("10.99.1.1")) };
+    Tandemd::start(ns, dir, &conf.toml())
 }
 
 fn ping_ok(ns: &Netns) -> bool {
@@ -61,20 +31,10 @@ fn spis(t: &Tandemd) -> Vec<(u64, u64)> {
         .collect()
 }
 
-fn json(t: &Tandemd, args: &[&str]) -> serde_json::Value {
-    let mut a = vec!["--json"];
-    a.extend_from_slice(args);
-    let out = t.ctl(&a);
-    assert!(out.status.success(), "tandemctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).expect("json")
-}
-
 /// The dataplane's inbound SPIs.
 fn inbound_spis(t: &Tandemd) -> Vec<u64> {
-    json(t, &["show", "ipsec-sa"])
-        .as_array()
-        .into_iter()
-        .flatten()
+    t.ipsec_sas()
+        .iter()
         .filter(|s| s["direction"] == "in" && s["state"] != "retired")
         .filter_map(|s| s["spi"].as_u64())
         .collect()
@@ -110,14 +70,13 @@ fn a_lost_sa_is_replaced_at_once_after_invalid_spi() {
         now.len() == 1 && now[0] != before[0] && ping_ok(&pair.left)
     });
     assert!(replaced, "not replaced: left {:?}\n{}\n--- right\n{}", spis(&left), left.log(), right.log());
-    let stat = json(&right, &["show", "ipsec-stat"]);
+    let stat = right.ipsec_stat();
     assert!(stat["io"]["invalid_spi_reports"].as_u64() >= Some(1), "{stat}");
     assert!(stat["esp"]["in_no_sa"].as_u64() >= Some(1), "{stat}");
     // The dead SA is gone on both sides (no SA kept until its lifetime ends).
-    assert!(wait_until(WAIT, POLL, || !json(&left, &["show", "ipsec-sa"])
-        .as_array()
-        .into_iter()
-        .flatten()
+    assert!(wait_until(WAIT, POLL, || !left
+        .ipsec_sas()
+        .iter()
         .any(|s| s["spi"].as_u64() == Some(lost) && s["state"] != "retired")));
     assert!(wait_until(WAIT, POLL, || spis(&right).len() == 1), "right: {:?}\n{}", spis(&right), right.log());
 }
@@ -143,7 +102,9 @@ fn operators_delete_one_sa_by_spi_and_flush() {
     let out = left.ctl(&["initiate", "t", "--wait", "10"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(wait_until(WAIT, POLL, || ping_ok(&pair.left)));
-    let flushed = json(&right, &["flush", "ipsec-sa"]);
+    let out = right.ctl(&["--json", "flush", "ipsec-sa"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let flushed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert!(flushed["flushed"].as_u64() >= Some(1), "{flushed}");
     assert!(wait_until(WAIT, POLL, || inbound_spis(&left).is_empty() && inbound_spis(&right).is_empty()));
 }

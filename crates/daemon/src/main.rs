@@ -4,6 +4,7 @@
 mod api;
 mod dataplane;
 mod engine_task;
+mod ifaddr;
 mod routes;
 mod udp;
 

@@ -89,24 +89,10 @@ pub fn range_to_prefixes(start: IpAddr, end: IpAddr) -> Vec<(IpAddr, u8)> {
 /// A local address inside one of `local_ts` of the same family as `dst`, to use as the route's
 /// source (so locally originated traffic matches the policy).
 fn source_in(local_ts: &[TrafficSelector], v4: bool) -> Option<IpAddr> {
-    let addrs = nix::ifaddrs::getifaddrs().ok()?;
-    for ifa in addrs {
-        let Some(a) = ifa.address else { continue };
-        let ip = if let Some(s) = a.as_sockaddr_in() {
-            IpAddr::V4(s.ip())
-        } else if let Some(s) = a.as_sockaddr_in6() {
-            IpAddr::V6(s.ip())
-        } else {
-            continue;
-        };
-        if ip.is_ipv4() != v4 {
-            continue;
-        }
-        if local_ts.iter().any(|ts| ts.is_ipv4() == v4 && ts.start_addr <= ip && ip <= ts.end_addr) {
-            return Some(ip);
-        }
-    }
-    None
+    crate::ifaddr::interface_addresses().into_iter().find(|ip| {
+        ip.is_ipv4() == v4
+            && local_ts.iter().any(|ts| ts.is_ipv4() == v4 && ts.start_addr <= *ip && *ip <= ts.end_addr)
+    })
 }
 
 impl Routes {

@@ -36,23 +36,16 @@ pub struct Sockets {
 }
 
 fn local_addresses(wildcard: IpAddr) -> Vec<IpAddr> {
-    let Ok(addrs) = nix::ifaddrs::getifaddrs() else { return vec![wildcard] };
-    let mut out = Vec::new();
-    for ifa in addrs {
-        let Some(a) = ifa.address else { continue };
-        let ip = if let Some(v4) = a.as_sockaddr_in() {
-            IpAddr::V4(v4.ip())
-        } else if let Some(v6) = a.as_sockaddr_in6() {
-            IpAddr::V6(v6.ip())
-        } else {
-            continue;
-        };
-        let link_local = matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80);
-        if ip.is_ipv4() == wildcard.is_ipv4() && !link_local && !out.contains(&ip) {
-            out.push(ip);
-        }
+    let all = crate::ifaddr::interface_addresses();
+    if all.is_empty() {
+        return vec![wildcard];
     }
-    out
+    all.into_iter()
+        .filter(|ip| {
+            let link_local = matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80);
+            ip.is_ipv4() == wildcard.is_ipv4() && !link_local
+        })
+        .collect()
 }
 
 fn bind_one(addr: SocketAddr, mark: Option<u32>) -> std::io::Result<UdpSocket> {
