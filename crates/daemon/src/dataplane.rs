@@ -12,7 +12,7 @@ use tandem_dataplane::tandem_esp::lifetime::LifetimeLimits;
 use tandem_dataplane::tandem_esp::sa::{ChildSaSpec, KeyMaterial, Mode};
 use tandem_dataplane::tandem_esp::spd::{Policy, PolicyAction};
 use tandem_dataplane::{DataplaneConfig, DataplaneEvent, DataplaneHandle, TunConfig};
-use tandem_ike::config::{IpsecMode, StartAction};
+use tandem_ike::config::{DeadPeerAction, IpsecMode, StartAction};
 use tandem_ike::{ChildSaInstall, DownReason, Endpoint};
 use tandem_wire::TrafficSelector;
 use tokio::sync::mpsc;
@@ -164,7 +164,12 @@ impl Esp {
             let iface = config.interfaces.get(&peer.name);
             for (i, child) in peer.children.iter().enumerate() {
                 let reqid = endpoint.reqid(&peer.name, &child.name);
-                if child.start_action == StartAction::Trap {
+                // A trap start action, or a trap close/DPD action (the policy stays and traffic
+                // brings the CHILD SA back after the peer deleted it or died).
+                let trap = child.start_action == StartAction::Trap
+                    || child.close_action == DeadPeerAction::Trap
+                    || peer.dpd_action == DeadPeerAction::Trap;
+                if trap {
                     self.traps.insert(reqid, (peer.name.clone(), child.name.clone()));
                 }
                 match iface {
