@@ -37,13 +37,13 @@ pub struct HaSettings {
     pub oseq_shift: u64,
 }
 
-struct Ctx<'a> {
+pub(crate) struct Ctx<'a> {
     text: &'a str,
     file: &'a str,
 }
 
 impl Ctx<'_> {
-    fn err(
+    pub(crate) fn err(
         &self,
         table: &str,
         key: Option<&str>,
@@ -59,7 +59,7 @@ impl Ctx<'_> {
         ConfigError { file: self.file.into(), line, column: 1, key: path, message: message.into() }
     }
 
-    fn duration(
+    pub(crate) fn duration(
         &self,
         table: &str,
         key: &str,
@@ -330,6 +330,8 @@ pub(crate) fn convert(raw: RawConfig, text: &str, file: &str) -> Result<Config, 
         psks.push(PreSharedKey { ids, secret: Zeroizing::new(secret) });
     }
 
+    let dataplane = crate::dataplane::convert_dataplane(&ctx, &raw.dataplane)?;
+    let mut interfaces = std::collections::BTreeMap::new();
     let mut peers = Vec::new();
     for (name, v) in &raw.vpn {
         let table = format!("vpn.{}", quote(name));
@@ -427,6 +429,10 @@ pub(crate) fn convert(raw: RawConfig, text: &str, file: &str) -> Result<Config, 
             })?;
             let tpl = ipsec_template(&ctx, tpl_name, tpl)?;
             let sels = |k: &str, list: &[String]| -> Result<Vec<TrafficSelector>, ConfigError> {
+                if list.is_empty() && v.interface.is_some() {
+                    // Route-based: whatever the operator routes into the interface.
+                    return Ok(vec![TrafficSelector::any_v4(), TrafficSelector::any_v6()]);
+                }
                 if list.is_empty() {
                     return Err(ctx.err(&stable, Some(k), Some(i), "at least one selector is needed"));
                 }
@@ -465,6 +471,25 @@ pub(crate) fn convert(raw: RawConfig, text: &str, file: &str) -> Result<Config, 
                 replay_window: tpl.replay_window,
             });
         }
+        if let Some(i) = &v.interface {
+            if !crate::dataplane::valid_ifname(i) {
+                return Err(ctx.err(
+                    &table,
+                    Some("interface"),
+                    None,
+                    "an interface name of 1 to 15 characters",
+                ));
+            }
+            if interfaces.values().any(|o| o == i) {
+                return Err(ctx.err(
+                    &table,
+                    Some("interface"),
+                    None,
+                    format!("interface {i:?} is used twice"),
+                ));
+            }
+            interfaces.insert(name.clone(), i.clone());
+        }
         peers.push(PeerConfig {
             name: name.clone(),
             local_addr,
@@ -488,5 +513,41 @@ pub(crate) fn convert(raw: RawConfig, text: &str, file: &str) -> Result<Config, 
             children,
         });
     }
-    Ok(Config { path: None, daemon, endpoint, peers, psks, ha })
+    let mut manual_sas: Vec<crate::manual::ManualSa> = Vec::new();
+    for (name, m) in &raw.manual_sa {
+        let table = format!("manual-sa.{}", quote(name));
+        let sa = crate::manual::convert_manual(&ctx, name, &table, m, daemon.natt_port)?;
+        if manual_sas.iter().any(|o| o.spi_in == sa.spi_in) {
+            return Err(ctx.err(
+                &table,
+                Some("spi-in"),
+                None,
+                format!("spi-in {:#x} is used twice", sa.spi_in),
+            ));
+        }
+        if let Some(i) = &sa.interface {
+            if interfaces.values().any(|o| o == i)
+                || manual_sas.iter().any(|o| o.interface.as_ref() == Some(i))
+            {
+                return Err(ctx.err(
+                    &table,
+                    Some("interface"),
+                    None,
+                    format!("interface {i:?} is used twice"),
+                ));
+            }
+        }
+        manual_sas.push(sa);
+    }
+    for i in interfaces.values().chain(manual_sas.iter().filter_map(|m| m.interface.as_ref())) {
+        if *i == dataplane.tun_name {
+            return Err(ctx.err(
+                "dataplane",
+                Some("tun-name"),
+                None,
+                format!("{i:?} is also a vpn interface"),
+            ));
+        }
+    }
+    Ok(Config { path: None, daemon, endpoint, peers, psks, ha, dataplane, interfaces, manual_sas })
 }

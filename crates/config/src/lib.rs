@@ -3,11 +3,15 @@
 //! the file, line and key.
 
 mod convert;
+mod dataplane;
 pub mod duration;
 mod locate;
+mod manual;
 mod raw;
 
 pub use convert::{parse_subnet_selector, DaemonSettings, HaSettings};
+pub use dataplane::DataplaneSettings;
+pub use manual::{ManualKeys, ManualSa};
 use std::path::{Path, PathBuf};
 use tandem_ike::{EndpointConfig, PeerConfig, PreSharedKey};
 
@@ -32,6 +36,10 @@ pub struct Config {
     pub peers: Vec<PeerConfig>,
     pub psks: Vec<PreSharedKey>,
     pub ha: Option<HaSettings>,
+    pub dataplane: DataplaneSettings,
+    /// Route-based vpns: vpn name -> its TUN interface name.
+    pub interfaces: std::collections::BTreeMap<String, String>,
+    pub manual_sas: Vec<ManualSa>,
 }
 
 impl Config {

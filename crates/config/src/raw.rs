@@ -17,6 +17,10 @@ pub struct RawConfig {
     #[serde(default)]
     pub pre_shared_key: BTreeMap<String, RawPsk>,
     pub ha: Option<RawHa>,
+    #[serde(default)]
+    pub dataplane: RawDataplane,
+    #[serde(default)]
+    pub manual_sa: BTreeMap<String, RawManualSa>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -80,6 +84,8 @@ pub struct RawVpn {
     pub encap: Option<bool>,
     pub initial_contact: Option<bool>,
     pub start_action: Option<String>,
+    /// Route-based mode: the name of the vpn's own TUN interface.
+    pub interface: Option<String>,
     #[serde(default)]
     pub security_policy: Vec<RawSecurityPolicy>,
 }
@@ -88,7 +94,9 @@ pub struct RawVpn {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawSecurityPolicy {
     pub name: String,
+    #[serde(default)]
     pub local_ts: Vec<String>,
+    #[serde(default)]
     pub remote_ts: Vec<String>,
     pub ipsec_policy: Option<String>,
     pub start_action: Option<String>,
@@ -114,4 +122,45 @@ pub struct RawHa {
     pub sync_period_time: Option<toml::Value>,
     pub sync_period_packets: Option<u32>,
     pub oseq_shift: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawDataplane {
+    pub enabled: Option<bool>,
+    pub tun_name: Option<String>,
+    pub tun_mtu: Option<u16>,
+    pub offload: Option<bool>,
+    pub raw_esp: Option<bool>,
+    pub install_routes: Option<bool>,
+    pub route_table: Option<u32>,
+    pub nat_keepalive: Option<toml::Value>,
+    pub socket_buffer: Option<usize>,
+    pub rekey_linger: Option<toml::Value>,
+    pub trap_queue: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawManualSa {
+    pub local_address: String,
+    pub remote_address: String,
+    pub spi_in: u64,
+    pub spi_out: u64,
+    pub encryption: String,
+    pub integrity: Option<String>,
+    pub key_in: String,
+    pub key_out: String,
+    pub integrity_key_in: Option<String>,
+    pub integrity_key_out: Option<String>,
+    pub mode: Option<String>,
+    #[serde(default)]
+    pub local_ts: Vec<String>,
+    #[serde(default)]
+    pub remote_ts: Vec<String>,
+    pub esn: Option<bool>,
+    pub replay_window: Option<u32>,
+    pub encap: Option<bool>,
+    pub remote_port: Option<u16>,
+    pub interface: Option<String>,
 }

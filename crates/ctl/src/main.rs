@@ -1,6 +1,7 @@
 //! tandemctl: operate a running tandemd through its control API.
 
 mod client;
+mod ipsec_tables;
 mod tables;
 
 use clap::{Parser, Subcommand};
@@ -49,8 +50,35 @@ enum Cmd {
         #[command(subcommand)]
         what: Target,
     },
+    /// Delete one IPsec SA pair by SPI (either direction): negotiated ones through IKE.
+    Delete {
+        #[command(subcommand)]
+        what: DeleteTarget,
+    },
+    /// Delete every IPsec SA.
+    Flush {
+        #[command(subcommand)]
+        what: FlushTarget,
+    },
     /// Re-read the configuration file.
     Reload,
+}
+
+#[derive(Subcommand)]
+enum DeleteTarget {
+    /// The SA pair with this SPI (hex 0x... or decimal).
+    #[command(name = "ipsec-sa")]
+    IpsecSa {
+        #[arg(long)]
+        spi: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum FlushTarget {
+    /// Every IPsec SA (negotiated ones are deleted through IKE; manual ones return on reload).
+    #[command(name = "ipsec-sa")]
+    IpsecSa,
 }
 
 #[derive(Subcommand)]
@@ -61,6 +89,16 @@ enum Show {
     /// CHILD SAs.
     #[command(name = "child-sa")]
     ChildSa,
+    /// IPsec SAs in the dataplane, one row per direction.
+    #[command(name = "ipsec-sa")]
+    IpsecSa {
+        /// Every property of each SA (counters, lifetimes, replay window...).
+        #[arg(long)]
+        all_properties: bool,
+    },
+    /// Dataplane statistics: totals and drops by reason.
+    #[command(name = "ipsec-stat")]
+    IpsecStat,
 }
 
 #[derive(Subcommand)]
@@ -83,6 +121,12 @@ fn main() -> ExitCode {
         Cmd::Status => ("GET", "/v1/status".to_string(), 10.0),
         Cmd::Show { what: Show::IkeSa } => ("GET", "/v1/ike-sas".into(), 10.0),
         Cmd::Show { what: Show::ChildSa } => ("GET", "/v1/child-sas".into(), 10.0),
+        Cmd::Show { what: Show::IpsecSa { .. } } => ("GET", "/v1/ipsec-sas".into(), 10.0),
+        Cmd::Show { what: Show::IpsecStat } => ("GET", "/v1/ipsec-stat".into(), 10.0),
+        Cmd::Delete { what: DeleteTarget::IpsecSa { spi } } => {
+            ("DELETE", format!("/v1/ipsec-sas/{spi}"), 10.0)
+        }
+        Cmd::Flush { what: FlushTarget::IpsecSa } => ("DELETE", "/v1/ipsec-sas".into(), 10.0),
         Cmd::Initiate { vpn, wait } => {
             let q = wait.map(|w| format!("?wait={w}")).unwrap_or_default();
             ("POST", format!("/v1/vpns/{vpn}/initiate{q}"), wait.unwrap_or(0.0) + 10.0)
@@ -132,6 +176,13 @@ fn print(cli: &Cli, v: &Value) {
     match &cli.cmd {
         Cmd::Show { what: Show::IkeSa } => print!("{}", tables::ike_sa_table(v)),
         Cmd::Show { what: Show::ChildSa } => print!("{}", tables::child_sa_table(v)),
+        Cmd::Show { what: Show::IpsecSa { all_properties: false } } => {
+            print!("{}", ipsec_tables::ipsec_sa_table(v))
+        }
+        Cmd::Show { what: Show::IpsecSa { all_properties: true } } => {
+            print!("{}", ipsec_tables::ipsec_sa_properties(v))
+        }
+        Cmd::Show { what: Show::IpsecStat } => print!("{}", ipsec_tables::ipsec_stat(v)),
         _ => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
     }
 }

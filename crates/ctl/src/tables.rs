@@ -24,7 +24,7 @@ pub fn render(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-fn s(v: &Value) -> String {
+pub(crate) fn s(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => "-".into(),
@@ -33,7 +33,7 @@ fn s(v: &Value) -> String {
 }
 
 /// `1.2.3.4:500` -> `1.2.3.4`; `[::1]:500` -> `::1`.
-fn host(v: &Value) -> String {
+pub(crate) fn host(v: &Value) -> String {
     let a = s(v);
     match a.rsplit_once(':') {
         Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h.trim_matches(['[', ']']).to_string(),

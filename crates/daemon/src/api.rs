@@ -44,6 +44,9 @@ pub fn router(handle: Handle) -> Router {
         .route("/v1/child-sas/{spi}", delete(terminate_child))
         .route("/v1/child-sas/{spi}/rekey", post(rekey_child))
         .route("/v1/vpns/{name}/initiate", post(initiate))
+        .route("/v1/ipsec-sas", get(ipsec_sas).delete(flush_ipsec_sas))
+        .route("/v1/ipsec-sas/{spi}", delete(delete_ipsec_sa))
+        .route("/v1/ipsec-stat", get(ipsec_stat))
         .route("/v1/reload", post(reload))
         .with_state(handle)
 }
@@ -174,6 +177,36 @@ async fn rekey_child(State(h): State<Handle>, Path(spi): Path<String>) -> Respon
 async fn rekey_ike(State(h): State<Handle>, Path(id): Path<String>) -> Response {
     let Some(id) = parse_num(&id) else { return error(StatusCode::BAD_REQUEST, "bad IKE SA id") };
     done(h.ask(|r| Command::RekeyIke(id, r)).await)
+}
+
+/// Answers of dataplane queries: 409 when the dataplane is disabled.
+fn dataplane_answer<T: serde::Serialize>(r: Result<Result<T, String>, String>) -> Response {
+    match r {
+        Err(e) => engine_down(e),
+        Ok(Err(e)) => error(StatusCode::CONFLICT, e),
+        Ok(Ok(v)) => Json(v).into_response(),
+    }
+}
+
+async fn ipsec_sas(State(h): State<Handle>) -> Response {
+    dataplane_answer(h.ask(Command::IpsecSas).await)
+}
+
+async fn ipsec_stat(State(h): State<Handle>) -> Response {
+    dataplane_answer(h.ask(Command::IpsecStat).await)
+}
+
+async fn delete_ipsec_sa(State(h): State<Handle>, Path(spi): Path<String>) -> Response {
+    let Some(spi) = parse_spi(&spi) else { return error(StatusCode::BAD_REQUEST, "bad SPI") };
+    done(h.ask(|r| Command::DeleteIpsecSa(spi, r)).await)
+}
+
+async fn flush_ipsec_sas(State(h): State<Handle>) -> Response {
+    match h.ask(Command::FlushIpsecSas).await {
+        Err(e) => engine_down(e),
+        Ok(Err(e)) => error(StatusCode::CONFLICT, e),
+        Ok(Ok(n)) => Json(json!({ "flushed": n })).into_response(),
+    }
 }
 
 async fn reload(State(h): State<Handle>) -> Response {

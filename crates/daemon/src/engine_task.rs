@@ -1,7 +1,7 @@
 //! The task that owns the IKE engine: feeds it datagrams, timers and operator commands, and drains
 //! its datagrams and events. Nothing else touches the engine.
 
-use crate::dataplane::{Dataplane, RecordOnly};
+use crate::dataplane::Esp;
 use crate::udp::{Datagram, Sockets};
 use serde::Serialize;
 use std::net::SocketAddr;
@@ -9,9 +9,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 use tandem_config::{Config, ConfigDiff};
+use tandem_dataplane::tandem_esp::Direction;
+use tandem_dataplane::tandem_esp::{GlobalStats, SaInfo};
+use tandem_dataplane::{CountersSnapshot, DataplaneEvent};
 use tandem_ike::{ChildSaInfo, Endpoint, Event, IkeSaId, IkeSaInfo};
 use tokio::sync::{mpsc, oneshot};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// `GET /v1/status`.
 #[derive(Debug, Clone, Serialize)]
@@ -26,6 +29,24 @@ pub struct Status {
     pub vpns: Vec<String>,
     pub engine: tandem_ike::endpoint_stats::Stats,
     pub io: serde_json::Value,
+    /// Whether the userspace ESP dataplane runs (`[dataplane] enabled`).
+    pub dataplane: bool,
+}
+
+/// `GET /v1/ipsec-stat`: the dataplane's global counters.
+#[derive(Debug, Clone, Serialize)]
+pub struct IpsecStat {
+    /// SA pairs installed (each is two rows of `show ipsec-sa`).
+    pub sa_pairs: usize,
+    /// Sums over the installed SAs (traffic of removed SAs is not included).
+    pub in_packets: u64,
+    pub in_bytes: u64,
+    pub out_packets: u64,
+    pub out_bytes: u64,
+    /// ESP core drops by reason.
+    pub esp: GlobalStats,
+    /// I/O edge counters (TUN, sockets, trap queue, events).
+    pub io: CountersSnapshot,
 }
 
 type Reply<T> = oneshot::Sender<T>;
@@ -41,6 +62,12 @@ pub enum Command {
     RekeyIke(IkeSaId, Reply<Result<(), String>>),
     RekeyChild(u32, Reply<Result<(), String>>),
     Reload(Reply<Result<ConfigDiff, String>>),
+    IpsecSas(Reply<Result<Vec<SaInfo>, String>>),
+    IpsecStat(Reply<Result<IpsecStat, String>>),
+    /// Delete the SA pair with this SPI (either direction): through IKE for negotiated SAs.
+    DeleteIpsecSa(u32, Reply<Result<(), String>>),
+    /// Delete every SA pair; returns how many.
+    FlushIpsecSas(Reply<Result<usize, String>>),
     Shutdown(Reply<()>),
 }
 
@@ -70,27 +97,28 @@ pub struct EngineTask {
     endpoint: Endpoint,
     config: Config,
     sockets: Arc<Sockets>,
-    dataplane: Box<dyn Dataplane>,
+    esp: Option<Esp>,
     commands: mpsc::Receiver<Command>,
     started: Instant,
 }
 
 impl EngineTask {
-    pub fn new(config: Config, sockets: Arc<Sockets>) -> (EngineTask, Handle) {
-        let endpoint = Endpoint::new(config.endpoint_config(), config.peers(), config.psks());
+    /// `esp`: the started dataplane, or `None` when `[dataplane] enabled = false`.
+    pub fn new(config: Config, sockets: Arc<Sockets>, esp: Option<Esp>) -> (EngineTask, Handle) {
+        let endpoint = Endpoint::new(config.endpoint_config(), peers_for(&config), config.psks());
         let (tx, rx) = mpsc::channel(64);
-        let task = EngineTask {
-            endpoint,
-            config,
-            sockets,
-            dataplane: Box::new(RecordOnly::default()),
-            commands: rx,
-            started: Instant::now(),
-        };
+        let mut task = EngineTask { endpoint, config, sockets, esp, commands: rx, started: Instant::now() };
+        if let Some(esp) = &mut task.esp {
+            esp.configure(&task.config, &mut task.endpoint);
+        }
         (task, Handle { tx })
     }
 
-    pub async fn run(mut self, mut datagrams: mpsc::Receiver<Datagram>) {
+    pub async fn run(
+        mut self,
+        mut datagrams: mpsc::Receiver<Datagram>,
+        mut dp_events: Option<mpsc::Receiver<DataplaneEvent>>,
+    ) {
         self.endpoint.start_configured(Instant::now());
         self.flush().await;
         loop {
@@ -112,21 +140,73 @@ impl EngineTask {
                         return;
                     }
                 }
+                ev = recv_opt(&mut dp_events) => {
+                    match ev {
+                        Some(ev) => self.dataplane_event(ev),
+                        None => dp_events = None,
+                    }
+                }
                 _ = sleep => self.endpoint.handle_timeout(Instant::now()),
             }
             self.flush().await;
         }
     }
 
+    /// What the dataplane reports: IKE on the NAT-T port, traffic for trap policies, unknown
+    /// SPIs, volume lifetimes.
+    fn dataplane_event(&mut self, ev: DataplaneEvent) {
+        let now = Instant::now();
+        match ev {
+            DataplaneEvent::IkeDatagram { local, remote, data } => {
+                self.endpoint.handle_datagram(now, local, remote, &data)
+            }
+            DataplaneEvent::Acquire { reqid, packet } => {
+                let trap = self.esp.as_ref().and_then(|e| e.trap_of(reqid)).cloned();
+                if let Some((vpn, child)) = trap {
+                    info!(target: "esp", vpn, child, ?packet, "traffic for a trap policy: initiating");
+                    self.endpoint.acquire(now, &vpn, &child);
+                }
+            }
+            DataplaneEvent::InvalidSpi { spi, remote } => {
+                info!(target: "esp", spi = format_args!("{spi:#010x}"), %remote, "ESP for an unknown SPI");
+                self.endpoint.report_invalid_spi(now, remote, spi);
+            }
+            DataplaneEvent::SoftLimit { spi_in, .. } => {
+                if let Err(e) = self.endpoint.rekey_child_sa(now, spi_in) {
+                    info!(target: "esp", spi_in = format_args!("{spi_in:#010x}"), "soft volume limit: {e}");
+                }
+            }
+            DataplaneEvent::HardLimit { spi_in, .. } => {
+                let _ = self.endpoint.terminate_child_sa(now, spi_in);
+            }
+        }
+    }
+
     /// Send what the engine produced and apply its events.
     async fn flush(&mut self) {
         while let Some(t) = self.endpoint.poll_transmit() {
-            self.sockets.send(t.local, t.remote, &t.data).await;
+            match &self.esp {
+                // The dataplane owns the NAT-T sockets (IKE and ESP share them, RFC 3948).
+                Some(esp) if t.local.port() == esp.natt_port() => {
+                    if let Err(e) = esp.handle().send_ike(t.local, t.remote, &t.data) {
+                        debug!(target: "io", remote = %t.remote, "send: {e}");
+                    }
+                }
+                _ => self.sockets.send(t.local, t.remote, &t.data).await,
+            }
         }
         while let Some(e) = self.endpoint.poll_event() {
             match e {
-                Event::ChildSaUp(c) => self.dataplane.install(&c),
-                Event::ChildSaDown { spi_in, spi_out, .. } => self.dataplane.remove(spi_in, spi_out),
+                Event::ChildSaUp(c) => match &mut self.esp {
+                    Some(esp) => esp.install(&c),
+                    None => info!(target: "esp", vpn = %c.vpn, spi_in = format_args!("{:#010x}", c.spi_in),
+                                  "CHILD SA up (dataplane disabled: not installed)"),
+                },
+                Event::ChildSaDown { reqid, spi_in, reason, .. } => {
+                    if let Some(esp) = &mut self.esp {
+                        esp.remove(reqid, spi_in, &reason);
+                    }
+                }
                 Event::IkeSaUp { vpn, ike_sa } => {
                     info!(target: "ike", vpn, sa = format_args!("{ike_sa:#018x}"), "IKE SA up")
                 }
@@ -181,6 +261,18 @@ impl EngineTask {
             Command::Reload(r) => {
                 let _ = r.send(self.reload(now));
             }
+            Command::IpsecSas(r) => {
+                let _ = r.send(self.esp().map(|e| e.handle().list_sas()));
+            }
+            Command::IpsecStat(r) => {
+                let _ = r.send(self.esp().map(ipsec_stat));
+            }
+            Command::DeleteIpsecSa(spi, r) => {
+                let _ = r.send(self.delete_ipsec_sa(now, spi));
+            }
+            Command::FlushIpsecSas(r) => {
+                let _ = r.send(self.flush_ipsec_sas(now));
+            }
             Command::Shutdown(r) => {
                 self.shutdown().await;
                 let _ = r.send(());
@@ -194,8 +286,14 @@ impl EngineTask {
         let path = self.config.path.clone().ok_or("no configuration file")?;
         let new = Config::load(&path).map_err(|e| e.to_string())?;
         let diff = new.diff(&self.config);
-        self.endpoint.set_peers(now, new.peers(), new.psks());
+        if new.dataplane != self.config.dataplane {
+            warn!("[dataplane] changes take effect at the next start of tandemd");
+        }
+        self.endpoint.set_peers(now, peers_for(&new), new.psks());
         self.config = new;
+        if let Some(esp) = &mut self.esp {
+            esp.configure(&self.config, &mut self.endpoint);
+        }
         info!(?diff, "configuration reloaded");
         Ok(diff)
     }
@@ -207,6 +305,42 @@ impl EngineTask {
             let _ = self.endpoint.terminate_ike_sa(now, sa.id);
         }
         self.flush().await;
+        if let Some(esp) = &mut self.esp {
+            esp.shutdown();
+        }
+    }
+
+    fn esp(&self) -> Result<&Esp, String> {
+        self.esp.as_ref().ok_or_else(|| "the ESP dataplane is disabled ([dataplane] enabled = false)".into())
+    }
+
+    /// `delete ipsec-sa --spi`: a negotiated CHILD SA is deleted through IKE (the peer is told,
+    /// and start/trap policies bring it back); a manual one is removed until the next reload.
+    fn delete_ipsec_sa(&mut self, now: Instant, spi: u32) -> Result<(), String> {
+        self.esp()?;
+        let child = self.endpoint.child_sas().into_iter().find(|c| c.spi_in == spi || c.spi_out == spi);
+        if let Some(c) = child {
+            return self.endpoint.terminate_child_sa(now, c.spi_in).map_err(|e| e.to_string());
+        }
+        let esp = self.esp.as_mut().ok_or("no dataplane")?;
+        if esp.remove_manual(spi) || esp.handle().remove_sa(spi) {
+            return Ok(());
+        }
+        Err(format!("no IPsec SA with SPI {spi:#010x}"))
+    }
+
+    fn flush_ipsec_sas(&mut self, now: Instant) -> Result<usize, String> {
+        self.esp()?;
+        let children = self.endpoint.child_sas();
+        for c in &children {
+            let _ = self.endpoint.terminate_child_sa(now, c.spi_in);
+        }
+        let esp = self.esp.as_mut().ok_or("no dataplane")?;
+        let manual = esp.flush_manual();
+        // Whatever is left (e.g. a rekeyed SA lingering for packets in flight).
+        let rest = esp.handle().flush_sas();
+        info!(target: "esp", children = children.len(), manual, rest, "IPsec SAs flushed by the operator");
+        Ok(children.len() + manual)
     }
 
     fn status(&self) -> Status {
@@ -222,6 +356,41 @@ impl EngineTask {
             vpns: self.config.peers.iter().map(|p| p.name.clone()).collect(),
             engine: self.endpoint.stats().clone(),
             io: serde_json::to_value(&**c).unwrap_or_default(),
+            dataplane: self.esp.is_some(),
         }
+    }
+}
+
+fn ipsec_stat(esp: &Esp) -> IpsecStat {
+    let h = esp.handle();
+    let sas = h.list_sas();
+    let sum = |d: Direction, f: fn(&SaInfo) -> u64| sas.iter().filter(|s| s.direction == d).map(f).sum();
+    IpsecStat {
+        sa_pairs: sas.iter().filter(|s| s.direction == Direction::In).count(),
+        in_packets: sum(Direction::In, |s| s.counters.packets),
+        in_bytes: sum(Direction::In, |s| s.counters.bytes),
+        out_packets: sum(Direction::Out, |s| s.counters.packets),
+        out_bytes: sum(Direction::Out, |s| s.counters.bytes),
+        esp: h.esp_stats(),
+        io: h.counters(),
+    }
+}
+
+/// Without raw ESP sockets every peer must be UDP-encapsulated.
+fn peers_for(config: &Config) -> Vec<tandem_ike::PeerConfig> {
+    let mut peers = config.peers();
+    if config.dataplane.enabled && !config.dataplane.raw_esp {
+        for p in &mut peers {
+            p.force_encap = true;
+        }
+    }
+    peers
+}
+
+/// Receive from an optional channel (pending forever when there is none).
+async fn recv_opt<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }

@@ -4,6 +4,7 @@
 mod api;
 mod dataplane;
 mod engine_task;
+mod routes;
 mod udp;
 
 use clap::Parser;
@@ -63,14 +64,24 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(config: Config, socket: PathBuf) -> Result<(), String> {
-    let sockets = Arc::new(udp::Sockets::bind(&config.daemon).await?);
+    // With the dataplane, UDP 4500 belongs to it (IKE and ESP share the NAT-T port); tandemd's
+    // own sockets then serve port 500 only, marked like the dataplane's so they bypass the TUN.
+    let (esp, dp_events) = if config.dataplane.enabled {
+        let (esp, rx) = dataplane::Esp::start(&config)?;
+        (Some(esp), Some(rx))
+    } else {
+        info!(target: "esp", "ESP dataplane disabled: IKE only");
+        (None, None)
+    };
+    let mark = esp.as_ref().map(|_| routes::FWMARK);
+    let sockets = Arc::new(udp::Sockets::bind(&config.daemon, esp.is_none(), mark).await?);
     let listener = api::bind(&socket).await?;
     info!(target: "api", socket = %socket.display(), "control API listening");
-    let (engine, handle) = engine_task::EngineTask::new(config, sockets.clone());
+    let (engine, handle) = engine_task::EngineTask::new(config, sockets.clone(), esp);
     let (dgram_tx, dgram_rx) = tokio::sync::mpsc::channel(4096);
     sockets.spawn_receivers(dgram_tx);
     let api_task = tokio::spawn(api::serve(listener, handle.clone()));
-    let engine_join = tokio::spawn(engine.run(dgram_rx));
+    let engine_join = tokio::spawn(engine.run(dgram_rx, dp_events));
     shutdown_signal(handle.clone()).await;
     let _ = handle.shutdown().await;
     let _ = tokio::time::timeout(std::time::Duration::from_secs(3), engine_join).await;

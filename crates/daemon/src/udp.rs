@@ -55,8 +55,11 @@ fn local_addresses(wildcard: IpAddr) -> Vec<IpAddr> {
     out
 }
 
-fn bind_one(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+fn bind_one(addr: SocketAddr, mark: Option<u32>) -> std::io::Result<UdpSocket> {
     let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if let Some(m) = mark {
+        s.set_mark(m)?;
+    }
     if addr.is_ipv6() {
         s.set_only_v6(true)?;
     }
@@ -70,7 +73,9 @@ fn bind_one(addr: SocketAddr) -> std::io::Result<UdpSocket> {
 }
 
 impl Sockets {
-    pub async fn bind(d: &DaemonSettings) -> Result<Sockets, String> {
+    /// Bind the IKE port (and, with `natt`, the NAT-T port) on every listen address; `mark` is
+    /// the SO_MARK of outgoing IKE (see `routes`).
+    pub async fn bind(d: &DaemonSettings, natt: bool, mark: Option<u32>) -> Result<Sockets, String> {
         let mut addrs = Vec::new();
         for a in &d.listen {
             if a.is_unspecified() {
@@ -81,9 +86,10 @@ impl Sockets {
         }
         let mut sockets = Vec::new();
         for ip in addrs {
-            for port in [d.ike_port, d.natt_port] {
+            let ports: &[u16] = if natt { &[d.ike_port, d.natt_port] } else { &[d.ike_port] };
+            for &port in ports {
                 let sa = SocketAddr::new(ip, port);
-                match bind_one(sa) {
+                match bind_one(sa, mark) {
                     Ok(s) => sockets.push((sa, Arc::new(s))),
                     Err(e) => warn!(target: "io", "cannot bind {sa}: {e}"),
                 }

@@ -70,6 +70,10 @@ pub struct DataplaneConfig {
     pub event_capacity: usize,
     /// How long a replaced inbound SA keeps accepting packets after a rekey (in-flight packets).
     pub rekey_linger: Duration,
+    /// SO_MARK put on the outer (UDP and raw ESP) sockets. The daemon routes protected traffic
+    /// into the TUN with a policy-routing rule that skips marked packets, so the dataplane's own
+    /// ESP (and IKE) never loops back into the TUN even when a selector covers the peer's address.
+    pub fwmark: Option<u32>,
 }
 
 impl DataplaneConfig {
@@ -85,6 +89,7 @@ impl DataplaneConfig {
             socket_buffer: 8 << 20,
             event_capacity: 1024,
             rekey_linger: Duration::from_secs(5),
+            fwmark: None,
         }
     }
 }

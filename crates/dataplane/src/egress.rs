@@ -198,7 +198,7 @@ mod tests {
         let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
         rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         let dst = rx.local_addr().unwrap();
-        let sock = Arc::new(EncapSocket::bind("127.0.0.1:0".parse().unwrap(), 1 << 20).unwrap());
+        let sock = Arc::new(EncapSocket::bind("127.0.0.1:0".parse().unwrap(), 1 << 20, None).unwrap());
         let local = sock.bound;
         let counters = Arc::new(Counters::default());
         let mut eg = Egress::new(vec![sock], None, None, counters.clone());

@@ -87,18 +87,18 @@ impl DataplaneHandle {
             .map_err(|source| DataplaneError::Tun { name: cfg.tun.name.clone(), source })?;
         let mut udp = Vec::new();
         for addr in &cfg.natt_bind {
-            let s = EncapSocket::bind(*addr, cfg.socket_buffer)
+            let s = EncapSocket::bind(*addr, cfg.socket_buffer, cfg.fwmark)
                 .map_err(|source| DataplaneError::Bind { addr: *addr, source })?;
             udp.push(Arc::new(s));
         }
         let (mut raw_v4, mut raw_v6) = (None, None);
         if cfg.raw_esp {
             raw_v4 = Some(Arc::new(
-                RawEspSocket::open(false, cfg.socket_buffer)
+                RawEspSocket::open(false, cfg.socket_buffer, cfg.fwmark)
                     .map_err(|source| DataplaneError::Raw { version: 4, source })?,
             ));
             // IPv6 may be disabled on the host: then only IPv4 raw ESP is available.
-            match RawEspSocket::open(true, cfg.socket_buffer) {
+            match RawEspSocket::open(true, cfg.socket_buffer, cfg.fwmark) {
                 Ok(s) => raw_v6 = Some(Arc::new(s)),
                 Err(e) => tracing::warn!(target: "dataplane", "no IPv6 raw ESP socket: {e}"),
             }

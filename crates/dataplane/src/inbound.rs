@@ -308,7 +308,12 @@ fn process_esp(
         return;
     };
     let opened = match open_sa(sa, pkt) {
-        Ok(o) => o,
+        Ok(o) => {
+            if sa.take_activation() {
+                shared.sad.activate(spi);
+            }
+            o
+        }
         Err(reason) => {
             shared.sad.global().count_drop(reason);
             match reason {

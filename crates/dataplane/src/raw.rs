@@ -18,9 +18,13 @@ pub struct RawEspSocket {
 
 impl RawEspSocket {
     /// Open the IPv4 or IPv6 raw ESP socket (needs CAP_NET_RAW).
-    pub fn open(v6: bool, buffer: usize) -> io::Result<RawEspSocket> {
+    /// `mark`: the SO_MARK of outer packets (see `DataplaneConfig::fwmark`).
+    pub fn open(v6: bool, buffer: usize, mark: Option<u32>) -> io::Result<RawEspSocket> {
         let domain = if v6 { Domain::IPV6 } else { Domain::IPV4 };
         let sock = Socket::new(domain, Type::RAW, Some(Protocol::from(i32::from(IPPROTO_ESP))))?;
+        if let Some(m) = mark {
+            sock.set_mark(m)?;
+        }
         sock.set_nonblocking(true)?;
         sys::set_socket_buffers(&sock, buffer);
         Ok(RawEspSocket { sock, v6 })

@@ -17,8 +17,13 @@ pub struct EncapSocket {
 }
 
 impl EncapSocket {
-    pub fn bind(addr: SocketAddr, buffer: usize) -> io::Result<EncapSocket> {
+    /// `mark`: the SO_MARK (fwmark) of outer packets, so policy routing can keep them out of
+    /// the TUN (see `DataplaneConfig::fwmark`).
+    pub fn bind(addr: SocketAddr, buffer: usize, mark: Option<u32>) -> io::Result<EncapSocket> {
         let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        if let Some(m) = mark {
+            s.set_mark(m)?;
+        }
         if addr.is_ipv6() {
             s.set_only_v6(true)?;
         }

@@ -40,6 +40,7 @@ fn spec(encr: EncrAlg, integ: Option<IntegAlg>) -> ChildSaSpec {
         keys_in: keys(1),
         keys_out: keys(1),
         replaces_spi_in: None,
+        defer_outbound: false,
     }
 }
 

@@ -47,7 +47,14 @@ pub struct Opened {
 /// Opens one ESP packet (starting at the SPI) in place: looks its SA up in `sad`, verifies and
 /// decrypts it, and counts the outcome on the SA and, for drops, globally.
 pub fn open(sad: &Sad, packet: &mut [u8]) -> Result<Opened, DropReason> {
-    open_in(&sad.snapshot(), sad.global(), packet)
+    let snap = sad.snapshot();
+    let r = open_in(&snap, sad.global(), packet);
+    if let (Ok(_), Some((spi, _))) = (&r, peek_header(packet)) {
+        if snap.inbound(spi).is_some_and(|sa| sa.take_activation()) {
+            sad.activate(spi);
+        }
+    }
+    r
 }
 
 /// [`open`] against a snapshot already loaded (the batch path loads one per batch).

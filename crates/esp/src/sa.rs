@@ -15,7 +15,7 @@ use crate::seq::SeqCounter;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 use tandem_crypto::{EncrAlg, IntegAlg};
@@ -89,6 +89,10 @@ pub struct ChildSaSpec {
     pub keys_out: KeyMaterial,
     /// The inbound SPI of the SA this one replaces (rekey): that SA lingers for the grace period.
     pub replaces_spi_in: Option<u32>,
+    /// Rekey responder: keep sending on the replaced SA until the first packet arrives on this
+    /// one (proof that the peer installed it) or the replaced SA is retired. Switching at once
+    /// would race the peer, which installs the new SA only when our response reaches it.
+    pub defer_outbound: bool,
 }
 
 /// Fields common to both directions. Reached through `Deref` from [`OutboundSa`] and [`InboundSa`].
@@ -296,6 +300,8 @@ pub struct InboundSa {
     common: SaCommon,
     pub(crate) cipher: OpenCipher,
     replay: Mutex<ReplayWindow>,
+    /// Set while the pair's outbound SA waits for this SA's first packet (`defer_outbound`).
+    activate_on_receive: AtomicBool,
 }
 
 impl Deref for InboundSa {
@@ -321,7 +327,15 @@ impl InboundSa {
         let common = SaCommon::new(spec, spec.spi_in, clock)?;
         let cipher = OpenCipher::new(spec.encr, spec.integ, &spec.keys_in.encr, &spec.keys_in.integ)?;
         let replay = Mutex::new(ReplayWindow::new(spec.replay_window)?);
-        Ok(InboundSa { common, cipher, replay })
+        let activate_on_receive = AtomicBool::new(spec.defer_outbound);
+        Ok(InboundSa { common, cipher, replay, activate_on_receive })
+    }
+
+    /// True once, for the first authenticated packet of an SA installed with `defer_outbound`:
+    /// the receive path then calls `Sad::activate`. One relaxed load per packet otherwise.
+    pub fn take_activation(&self) -> bool {
+        self.activate_on_receive.load(Ordering::Relaxed)
+            && self.activate_on_receive.swap(false, Ordering::AcqRel)
     }
 
     fn window(&self) -> MutexGuard<'_, ReplayWindow> {
@@ -388,6 +402,8 @@ pub struct ChildSaPair {
     pub outbound: OutboundSa,
     /// The inbound SPI of the SA this pair replaces (make-before-break rekey).
     pub replaces_spi_in: Option<u32>,
+    /// See [`ChildSaSpec::defer_outbound`].
+    pub defer_outbound: bool,
 }
 
 impl ChildSaPair {
@@ -397,6 +413,7 @@ impl ChildSaPair {
             inbound: InboundSa::new(spec, clock)?,
             outbound: OutboundSa::new(spec, clock)?,
             replaces_spi_in: spec.replaces_spi_in,
+            defer_outbound: spec.defer_outbound,
         })
     }
 }

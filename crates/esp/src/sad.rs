@@ -87,6 +87,10 @@ struct Entry {
     /// Set when retired: removed at that time.
     retired_until: Option<Instant>,
     soft_reported: bool,
+    /// False while a rekey responder's new outbound SA waits (`ChildSaSpec::defer_outbound`).
+    outbound_active: bool,
+    /// The pair this one replaced, retired when this one's deferred outbound takes over.
+    replaces: Option<u32>,
 }
 
 #[derive(Default)]
@@ -173,11 +177,13 @@ impl Sad {
 
     fn publish(&self, ctl: &Control) {
         let mut snap = SadSnapshot::default();
-        let mut newest: U32Map<u64> = U32Map::default();
+        // Per reqid the best outbound SA: an active one before a deferred one, then the newest.
+        let mut best: U32Map<(bool, u64)> = U32Map::default();
         for e in ctl.pairs.values() {
             snap.inbound.insert(e.inbound.spi(), e.inbound.clone());
-            if e.retired_until.is_none() && newest.get(&e.outbound.reqid()).is_none_or(|&s| s < e.serial) {
-                newest.insert(e.outbound.reqid(), e.serial);
+            let rank = (e.outbound_active, e.serial);
+            if e.retired_until.is_none() && best.get(&e.outbound.reqid()).is_none_or(|&r| r < rank) {
+                best.insert(e.outbound.reqid(), rank);
                 snap.outbound.insert(e.outbound.reqid(), e.outbound.clone());
             }
         }
@@ -207,15 +213,37 @@ impl Sad {
                 serial,
                 retired_until: None,
                 soft_reported: false,
+                outbound_active: !pair.defer_outbound,
+                replaces: pair.replaces_spi_in,
             };
             ctl.pairs.insert(spi, entry);
-            if let Some(old) = pair.replaces_spi_in.and_then(|s| ctl.pairs.get_mut(&s)) {
+            // A deferred pair leaves the old one sending until `activate` or its retirement.
+            if let Some(old) =
+                pair.replaces_spi_in.filter(|_| !pair.defer_outbound).and_then(|s| ctl.pairs.get_mut(&s))
+            {
                 old.retired_until.get_or_insert(now + self.grace);
             }
             self.publish(&ctl);
         }
         self.notify(&[SadEvent::Installed { inbound, outbound }]);
         Ok(())
+    }
+
+    /// The first packet arrived on a pair installed with `defer_outbound`: the peer has it, so
+    /// its outbound SA takes over from the one it replaces. Called once per such pair by the
+    /// receive path (see `InboundSa::take_activation`).
+    pub fn activate(&self, spi_in: u32) {
+        let mut ctl = relock(&self.control);
+        let Some(e) = ctl.pairs.get_mut(&spi_in) else { return };
+        if e.outbound_active {
+            return;
+        }
+        e.outbound_active = true;
+        // The peer has moved on: the replaced pair only receives packets in flight now.
+        if let Some(old) = e.replaces.and_then(|s| ctl.pairs.get_mut(&s)) {
+            old.retired_until.get_or_insert(self.clock.now() + self.grace);
+        }
+        self.publish(&ctl);
     }
 
     /// Removes the pair with inbound SPI `spi_in` at once. Returns whether it existed.

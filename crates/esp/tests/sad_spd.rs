@@ -74,6 +74,47 @@ fn make_before_break_rekey_keeps_the_old_inbound_sa_for_the_grace_period() {
 }
 
 #[test]
+fn rekey_responder_keeps_sending_on_the_old_sa_until_the_peer_uses_the_new_one() {
+    let t0 = Instant::now();
+    let sad = Sad::new(Arc::new(CoarseClock::new(t0)));
+    let old = spec(EncrAlg::AesGcm16_256, None, false, Mode::Tunnel);
+    sad.install_spec(&old, t0).unwrap();
+    let mut new = old.clone();
+    new.spi_in = 0x1001;
+    new.spi_out = 0x2001;
+    new.replaces_spi_in = Some(0x1000);
+    new.defer_outbound = true;
+    sad.install_spec(&new, t0).unwrap();
+    assert_eq!(sad.get_outbound(7).unwrap().spi(), 0x2000, "the peer may not have the new SA yet");
+    let states: Vec<_> = sad.list(t0).iter().map(|i| (i.spi, i.state)).collect();
+    assert!(!states.contains(&(0x1000, SaState::Retired)), "the old SA is not retired yet");
+
+    // The peer's first packet on the new SA proves it installed it: our outbound follows.
+    let peer = Sad::new(Arc::new(CoarseClock::new(t0)));
+    peer.install_spec(&mirror(&new), t0).unwrap();
+    let mut first = vec![0u8; 256];
+    let n = seal(&peer.get_outbound(7).unwrap(), &ipv4_udp(8), NEXT_HEADER_IPV4, &mut first).unwrap();
+    first.truncate(n);
+    let mut forged = first.clone();
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    assert_eq!(open(&sad, &mut forged), Err(DropReason::AuthFailed));
+    assert_eq!(sad.get_outbound(7).unwrap().spi(), 0x2000, "a forged packet does not switch");
+    assert!(open(&sad, &mut first).is_ok());
+    assert_eq!(sad.get_outbound(7).unwrap().spi(), 0x2001);
+
+    // Without traffic, retiring the old SA (the peer's Delete) switches too.
+    let mut third = new.clone();
+    third.spi_in = 0x1002;
+    third.spi_out = 0x2002;
+    third.replaces_spi_in = Some(0x1001);
+    sad.install_spec(&third, t0).unwrap();
+    assert_eq!(sad.get_outbound(7).unwrap().spi(), 0x2001);
+    assert!(sad.retire(0x1001, t0));
+    assert_eq!(sad.get_outbound(7).unwrap().spi(), 0x2002);
+}
+
+#[test]
 fn lifetimes_are_reported_once_then_expire() {
     let t0 = Instant::now();
     let (sad, log) = sad_with_recorder(t0);

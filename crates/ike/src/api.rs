@@ -65,6 +65,10 @@ pub struct ChildSaInstall {
     pub lifetimes: Lifetimes,
     /// The SA this one replaces (rekey): the dataplane keeps the old inbound SA for a short while.
     pub replaces_spi_in: Option<u32>,
+    /// We answered the rekey: keep sending on the old SA until the peer's first packet on the new
+    /// one (the peer installs the new SA only when our response arrives), as strongSwan does.
+    #[serde(default)]
+    pub defer_outbound: bool,
 }
 
 /// Why an SA went away.

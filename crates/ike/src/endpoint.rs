@@ -139,7 +139,9 @@ impl Endpoint {
         self.peers.iter().find(|p| p.name == name)
     }
 
-    pub(crate) fn reqid(&mut self, vpn: &str, child: &str) -> u32 {
+    /// The reqid of a vpn's CHILD SA configuration (allocated on first use, stable afterwards):
+    /// the daemon keys its security policies and trap routes by it before any SA exists.
+    pub fn reqid(&mut self, vpn: &str, child: &str) -> u32 {
         let next = self.reqids.len() as u32 + 1;
         *self.reqids.entry((vpn.to_string(), child.to_string())).or_insert(next)
     }

@@ -135,6 +135,7 @@ impl Endpoint {
             replay_window: child.replay_window,
             lifetimes: lt,
             replaces_spi_in: replaces,
+            defer_outbound: replaces.is_some() && !we_initiated,
         })));
         info!(target: "ike", vpn, child = %child.name, spi_in = format_args!("{spi_in:#010x}"),
               spi_out = format_args!("{spi_out:#010x}"), "CHILD SA established");

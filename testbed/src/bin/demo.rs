@@ -1,5 +1,7 @@
 //! The demo behind `scripts/demo`: tandemd and a strongSwan peer in two network namespaces, a tunnel
-//! negotiated and shown from both ends, a CHILD SA rekey, then a clean teardown.
+//! negotiated and shown from both ends, ping and an iperf3 transfer through it (tandem's userspace
+//! ESP on one end, strongSwan's kernel-libipsec on the other), a CHILD SA rekey under a ping stream,
+//! then a clean teardown.
 
 use std::time::Duration;
 use tandem_testbed::charon::{Charon, CharonConfig};
@@ -36,19 +38,51 @@ fn main() {
     show("tandemctl show child-sa", t.ctl(&["show", "child-sa"]));
     show("swanctl --list-sas (strongSwan's view)", c.swanctl(&["--list-sas"]));
 
+    println!("\n== ping 10.99.10.1 -> 10.99.20.1 through the tunnel");
+    show("ping -c 5", pair.left.exec("ping", &["-c", "5", "-i", "0.2", "-I", "10.99.10.1", "10.99.20.1"]));
+
+    println!("\n== iperf3, 3 s of TCP from behind tandem to behind strongSwan");
+    let mut server = pair.right.command("iperf3");
+    server.args(["-s", "-1", "-B", "10.99.20.1"]).stdout(std::process::Stdio::null());
+    let server_pid = pair.right.spawn(server);
+    let listening = wait_until(Duration::from_secs(5), Duration::from_millis(20), || {
+        String::from_utf8_lossy(&pair.right.exec("ss", &["-ltn"]).stdout).contains("10.99.20.1:5201")
+    });
+    if listening {
+        let out = pair.left.exec("iperf3", &["-c", "10.99.20.1", "-B", "10.99.10.1", "-t", "3", "-f", "m"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        println!("\n--- iperf3 (summary)");
+        for line in text.lines().filter(|l| l.contains("sender") || l.contains("receiver")) {
+            println!("{line}");
+        }
+    } else {
+        println!("   iperf3 server did not start");
+    }
+    pair.right.stop(server_pid, Duration::from_secs(1));
+    show("tandemctl show ipsec-sa", t.ctl(&["show", "ipsec-sa"]));
+
     let spi = t.child_sas()[0]["spi_in"].as_u64().unwrap_or(0);
-    println!("\n== tandemctl rekey child-sa {spi:#010x}");
+    println!("\n== tandemctl rekey child-sa {spi:#010x}, under a ping stream (20 pings, 50 ms apart)");
+    let mut ping = pair.left.command("ping");
+    ping.args(["-c", "20", "-i", "0.05", "-I", "10.99.10.1", "10.99.20.1"]);
+    let ping = ping.stdout(std::process::Stdio::piped()).spawn().expect("ping");
     let _ = t.ctl(&["rekey", "child-sa", &format!("{spi:#x}")]);
     let rekeyed = wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
         let c = t.child_sas();
         c.len() == 1 && c[0]["spi_in"].as_u64() != Some(spi)
     });
     println!("   rekeyed: {rekeyed}");
-    show("tandemctl show child-sa", t.ctl(&["show", "child-sa"]));
-
-    println!(
-        "\n== ESP dataplane: not built yet (see issue 4), so no traffic crosses the tunnel in this demo."
+    if let Ok(out) = ping.wait_with_output() {
+        let text = String::from_utf8_lossy(&out.stdout);
+        for line in text.lines().filter(|l| l.contains("packets transmitted")) {
+            println!("   ping during the rekey: {line}");
+        }
+    }
+    show(
+        "tandemctl show ipsec-sa (old inbound SA retired, kept briefly for packets in flight)",
+        t.ctl(&["show", "ipsec-sa"]),
     );
+    show("tandemctl show ipsec-stat", t.ctl(&["show", "ipsec-stat"]));
     println!("\n== tandemctl terminate ike-sa --vpn t");
     let _ = t.ctl(&["terminate", "ike-sa", "--vpn", "t"]);
     let gone = wait_until(Duration::from_secs(10), Duration::from_millis(50), || c.list_sas().is_empty());

@@ -51,6 +51,7 @@ pub fn spec(encr: EncrAlg, integ: Option<IntegAlg>, esn: bool, mode: Mode) -> Ch
         keys_in: keys(encr, integ, 1),
         keys_out: keys(encr, integ, 2),
         replaces_spi_in: None,
+        defer_outbound: false,
     }
 }
 
