@@ -333,7 +333,7 @@ fn render(
         fmt_load(load0),
         fmt_load(load1)
     );
-    let _ = writeln!(d, "Topology, the same for every path: two gateway namespaces joined by one veth (10.99.1.1, 10.99.1.2); the inner hosts are /32 addresses on `lo` of each gateway (10.99.10.1 and 10.99.20.1), and iperf3 and ping run in the gateway namespaces between those addresses, so traffic enters and leaves each tunnel exactly once. Each path gets a fresh namespace pair. iperf3 client, server and both tunnel daemons share the same {cpus} vCPUs (and the machine is shared with other work: see the load column), so a daemon that needs less CPU leaves more to the endpoints. Inner MTU: tandem `tun-mtu = 1400`, strongSwan ipsec0 1400, WireGuard 1420. UDP tests send as fast as iperf3 can (`-b 0`, `-w 4M` so iperf3's own sockets do not drop); \"64 B\" is the UDP payload (92-byte IP packets), \"1400 B\" the IP packet (1372-byte payload, the largest every tunnel carries unfragmented). Received packets/s are the sender's datagrams minus the receiver's losses, over the send time. Ping under load: one ping every 20 ms during a single TCP stream, average / p99 of the replies.\n");
+    let _ = writeln!(d, "Topology, the same for every path: two gateway namespaces joined by one veth (10.99.1.1, 10.99.1.2); the inner hosts are /32 addresses on `lo` of each gateway (10.99.10.1 and 10.99.20.1), and iperf3 and ping run in the gateway namespaces between those addresses, so traffic enters and leaves each tunnel exactly once. Each path gets a fresh namespace pair. iperf3 client, server and both tunnel daemons share the same {cpus} vCPUs (and the machine is shared with other work: see the load column), so a daemon that needs less CPU leaves more to the endpoints. Inner MTU: tandem `tun-mtu = 1400`, strongSwan ipsec0 1400, WireGuard 1420. UDP tests send as fast as iperf3 can (`-b 0`, `-w 4M` so iperf3's own sockets do not drop); \"64 B\" is the UDP payload (92-byte IP packets), \"1400 B\" the IP packet (1372-byte payload, the largest every tunnel carries unfragmented). Received packets/s are the sender's datagrams minus the receiver's losses, over the send time. Ping under load: one ping every 20 ms during a single TCP stream, average / p99 of the replies. The raw veth UDP rates are iperf3's own ceiling here (one sending and one receiving thread), not the veth's; the tunnels' UDP losses are mostly the receiving daemon's socket (RcvbufErrors, below).\n");
 
     let _ = writeln!(d, "| path | TCP 1 stream Gbit/s | TCP 4 streams Gbit/s | UDP 64 B kpps received (loss) | UDP 1400 B kpps received (loss) | ping idle avg ms | ping under load avg / p99 ms | daemons' CPU on TCP 1 stream (cores, left + right) | load avg 1 min during |");
     let _ = writeln!(d, "|---|---|---|---|---|---|---|---|---|");
@@ -360,6 +360,16 @@ fn render(
                 String::new(),
             ),
         };
+        if let Err(e) = r {
+            let e = e.replace('|', "/").replace('\n', " ");
+            let _ = writeln!(
+                d,
+                "| {} | not measured: {} | | | | | | | |",
+                k.label(),
+                e.chars().take(300).collect::<String>()
+            );
+            continue;
+        }
         let _ = writeln!(
             d,
             "| {} | {} | {} | {} | {} | {idle} | {} | {cores} | {load} |",
