@@ -5,7 +5,7 @@
 die() { echo "error: $*" >&2; exit 1; }
 
 APT_PACKAGES=(strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins
-              iperf3 iproute2 iputils-ping python3 procps tshark)
+              iperf3 iproute2 iputils-ping python3 procps tshark nftables)
 
 install_prerequisites() {
   [ "$(id -u)" = 0 ] || die "run as root (network namespaces and strongSwan need it)"
@@ -29,6 +29,7 @@ install_prerequisites() {
   [ -x /usr/lib/ipsec/charon ] || die "strongSwan charon missing after install"
   command -v swanctl >/dev/null || die "swanctl missing after install"
   command -v tshark >/dev/null || die "tshark missing after install"
+  command -v nft >/dev/null || die "nft (nftables) missing after install"
 }
 
 # Only for scripts/bench (the dataplane benchmark): WireGuard tools and boringtun as baselines, and

@@ -25,6 +25,14 @@ pub struct CharonConfig {
     pub dpd_delay: String,
     pub rekey_time: String,
     pub child_rekey_time: String,
+    /// `start_action` of the child: none, start or trap.
+    pub start_action: String,
+    /// Force UDP encapsulation (`encap = yes`); kernel-libipsec encapsulates anyway.
+    pub encap: bool,
+    /// Extra lines inside the child (e.g. `rand_time = 1s`, `life_time = 8s`).
+    pub child_extra: String,
+    /// Extra lines inside the connection.
+    pub conn_extra: String,
 }
 
 impl CharonConfig {
@@ -44,6 +52,10 @@ impl CharonConfig {
             dpd_delay: "0s".into(),
             rekey_time: "4h".into(),
             child_rekey_time: "1h".into(),
+            start_action: "none".into(),
+            encap: false,
+            child_extra: String::new(),
+            conn_extra: String::new(),
         }
     }
 
@@ -57,6 +69,8 @@ impl CharonConfig {
     proposals = {p}
     rekey_time = {rk}
     dpd_delay = {dpd}
+    encap = {encap}
+    {conn_extra}
     local {{
       auth = psk
       id = {li}
@@ -72,7 +86,8 @@ impl CharonConfig {
         remote_ts = {rts}
         esp_proposals = {esp}
         rekey_time = {crk}
-        start_action = none
+        start_action = {sa}
+        {child_extra}
       }}
     }}
   }}
@@ -97,7 +112,11 @@ secrets {{
             rts = self.remote_ts,
             esp = self.esp_proposals,
             crk = self.child_rekey_time,
-            psk = self.psk
+            psk = self.psk,
+            encap = if self.encap { "yes" } else { "no" },
+            conn_extra = self.conn_extra,
+            sa = self.start_action,
+            child_extra = self.child_extra,
         )
     }
 }

@@ -5,7 +5,10 @@
 pub mod bench;
 pub mod charon;
 pub mod netns;
+pub mod probe;
+pub mod replay;
 pub mod tandemd;
+pub mod topo;
 
 use std::time::{Duration, Instant};
 
@@ -42,6 +45,24 @@ pub fn prerequisites_present() -> bool {
         eprintln!("SKIP: {msg}");
     }
     ok
+}
+
+/// As `prerequisites_present`, and the named tools are on PATH too (traffic tests need `tshark`,
+/// `iperf3`, `nft`...). With CI=true a missing one is a failure.
+pub fn tools_present(tools: &[&str]) -> bool {
+    if !prerequisites_present() {
+        return false;
+    }
+    let missing: Vec<&str> = tools.iter().copied().filter(|t| !which(t)).collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let msg = format!("traffic test tools missing: {missing:?}; run scripts/test to install them");
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{msg}");
+    }
+    eprintln!("SKIP: {msg}");
+    false
 }
 
 fn which(cmd: &str) -> bool {

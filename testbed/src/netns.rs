@@ -99,6 +99,8 @@ impl Drop for Netns {
 pub struct Pair {
     pub left: Netns,
     pub right: Netns,
+    /// The veth end in `left` (the wire as the left gateway sees it).
+    pub left_if: String,
     pub right_if: String,
 }
 
@@ -122,7 +124,7 @@ impl Pair {
         right.ip(&["addr", "add", "fd00:99:1::2/64", "dev", &b, "nodad"]);
         left.ip(&["addr", "add", "fd00:99:10::1/128", "dev", "lo"]);
         right.ip(&["addr", "add", "fd00:99:20::1/128", "dev", "lo"]);
-        Pair { left, right, right_if: b }
+        Pair { left, right, left_if: a, right_if: b }
     }
 
     /// Cut the link (the peer looks dead).

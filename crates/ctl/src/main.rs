@@ -71,6 +71,10 @@ enum DeleteTarget {
     IpsecSa {
         #[arg(long)]
         spi: String,
+        /// Remove it from the dataplane only, without telling the peer (its next packet then
+        /// draws an INVALID_SPI notify and the peer re-creates the SA).
+        #[arg(long)]
+        local_only: bool,
     },
 }
 
@@ -123,8 +127,9 @@ fn main() -> ExitCode {
         Cmd::Show { what: Show::ChildSa } => ("GET", "/v1/child-sas".into(), 10.0),
         Cmd::Show { what: Show::IpsecSa { .. } } => ("GET", "/v1/ipsec-sas".into(), 10.0),
         Cmd::Show { what: Show::IpsecStat } => ("GET", "/v1/ipsec-stat".into(), 10.0),
-        Cmd::Delete { what: DeleteTarget::IpsecSa { spi } } => {
-            ("DELETE", format!("/v1/ipsec-sas/{spi}"), 10.0)
+        Cmd::Delete { what: DeleteTarget::IpsecSa { spi, local_only } } => {
+            let q = if *local_only { "?local=true" } else { "" };
+            ("DELETE", format!("/v1/ipsec-sas/{spi}{q}"), 10.0)
         }
         Cmd::Flush { what: FlushTarget::IpsecSa } => ("DELETE", "/v1/ipsec-sas".into(), 10.0),
         Cmd::Initiate { vpn, wait } => {

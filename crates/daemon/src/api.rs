@@ -196,9 +196,19 @@ async fn ipsec_stat(State(h): State<Handle>) -> Response {
     dataplane_answer(h.ask(Command::IpsecStat).await)
 }
 
-async fn delete_ipsec_sa(State(h): State<Handle>, Path(spi): Path<String>) -> Response {
+#[derive(Deserialize)]
+struct LocalQuery {
+    #[serde(default)]
+    local: bool,
+}
+
+async fn delete_ipsec_sa(
+    State(h): State<Handle>,
+    Path(spi): Path<String>,
+    Query(q): Query<LocalQuery>,
+) -> Response {
     let Some(spi) = parse_spi(&spi) else { return error(StatusCode::BAD_REQUEST, "bad SPI") };
-    done(h.ask(|r| Command::DeleteIpsecSa(spi, r)).await)
+    done(h.ask(|reply| Command::DeleteIpsecSa { spi, local_only: q.local, reply }).await)
 }
 
 async fn flush_ipsec_sas(State(h): State<Handle>) -> Response {

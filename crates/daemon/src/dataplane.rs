@@ -22,6 +22,9 @@ use tracing::{info, warn};
 const MANUAL_REQID_BASE: u32 = 0x4000_0000;
 /// Priority of configured protect policies (room for operator bypass/discard policies before).
 const POLICY_PRIORITY: u32 = 1000;
+/// Priority of the policies of installed CHILD SAs (their negotiated selectors, which may differ
+/// from the configured ones: transport mode across a NAT). Looked at before the configured ones.
+const SA_POLICY_PRIORITY: u32 = 900;
 
 /// A manual SA as installed, with what is needed to notice a change on reload.
 struct InstalledManual {
@@ -91,6 +94,17 @@ fn protect(id: u32, local_ts: &[TrafficSelector], remote_ts: &[TrafficSelector])
         local_ts: local_ts.to_vec(),
         remote_ts: remote_ts.to_vec(),
         action: PolicyAction::Protect { reqid: id },
+    }
+}
+
+/// The policy of one installed CHILD SA, keyed by its inbound SPI.
+fn sa_policy(sa: &ChildSaInstall) -> Policy {
+    Policy {
+        id: sa.spi_in,
+        priority: SA_POLICY_PRIORITY,
+        local_ts: sa.local_ts.clone(),
+        remote_ts: sa.remote_ts.clone(),
+        action: PolicyAction::Protect { reqid: sa.reqid },
     }
 }
 
@@ -287,6 +301,11 @@ impl Esp {
             }
         }
         if !self.interface_of.contains_key(&sa.reqid) {
+            // Policy ids of configured policies are reqids or manual SA reqids, far below or far
+            // above the node's SPIs; never replace one of those.
+            if !self.policies.contains(&sa.spi_in) {
+                self.handle.add_policy(sa_policy(sa));
+            }
             let dev = self.tun_name.clone();
             self.routes.ensure(sa.reqid, &dev, &sa.local_ts, &sa.remote_ts);
         }
@@ -298,6 +317,9 @@ impl Esp {
             self.handle.retire_sa(spi_in);
         } else {
             self.handle.remove_sa(spi_in);
+        }
+        if !self.policies.contains(&spi_in) {
+            self.handle.remove_policy(spi_in);
         }
         let empty = self.live.get_mut(&reqid).map(|l| {
             l.remove(&spi_in);

@@ -64,8 +64,13 @@ pub enum Command {
     Reload(Reply<Result<ConfigDiff, String>>),
     IpsecSas(Reply<Result<Vec<SaInfo>, String>>),
     IpsecStat(Reply<Result<IpsecStat, String>>),
-    /// Delete the SA pair with this SPI (either direction): through IKE for negotiated SAs.
-    DeleteIpsecSa(u32, Reply<Result<(), String>>),
+    /// Delete the SA pair with this SPI (either direction): through IKE for negotiated SAs;
+    /// with `local_only`, from the dataplane alone (the peer is not told).
+    DeleteIpsecSa {
+        spi: u32,
+        local_only: bool,
+        reply: Reply<Result<(), String>>,
+    },
     /// Delete every SA pair; returns how many.
     FlushIpsecSas(Reply<Result<usize, String>>),
     Shutdown(Reply<()>),
@@ -267,8 +272,8 @@ impl EngineTask {
             Command::IpsecStat(r) => {
                 let _ = r.send(self.esp().map(ipsec_stat));
             }
-            Command::DeleteIpsecSa(spi, r) => {
-                let _ = r.send(self.delete_ipsec_sa(now, spi));
+            Command::DeleteIpsecSa { spi, local_only, reply } => {
+                let _ = reply.send(self.delete_ipsec_sa(now, spi, local_only));
             }
             Command::FlushIpsecSas(r) => {
                 let _ = r.send(self.flush_ipsec_sas(now));
@@ -316,10 +321,18 @@ impl EngineTask {
 
     /// `delete ipsec-sa --spi`: a negotiated CHILD SA is deleted through IKE (the peer is told,
     /// and start/trap policies bring it back); a manual one is removed until the next reload.
-    fn delete_ipsec_sa(&mut self, now: Instant, spi: u32) -> Result<(), String> {
+    /// `local_only` removes a negotiated SA from the dataplane alone: the peer's next packet on it
+    /// then gets an INVALID_SPI notify, which makes the peer delete and re-create it.
+    fn delete_ipsec_sa(&mut self, now: Instant, spi: u32, local_only: bool) -> Result<(), String> {
         self.esp()?;
         let child = self.endpoint.child_sas().into_iter().find(|c| c.spi_in == spi || c.spi_out == spi);
         if let Some(c) = child {
+            if local_only {
+                let esp = self.esp.as_mut().ok_or("no dataplane")?;
+                esp.handle().remove_sa(c.spi_in);
+                info!(target: "esp", spi_in = format_args!("{:#010x}", c.spi_in), "SA removed from the dataplane only");
+                return Ok(());
+            }
             return self.endpoint.terminate_child_sa(now, c.spi_in).map_err(|e| e.to_string());
         }
         let esp = self.esp.as_mut().ok_or("no dataplane")?;

@@ -427,6 +427,7 @@ impl Endpoint {
             }
             Queued::RekeyIke => self.start_rekey_ike(now, sa),
             Queued::DeleteChild(spis) => self.start_delete_children(now, sa, spis),
+            Queued::DeleteRemoved(spis) => self.send_delete_children(now, sa, spis),
             Queued::DeleteIke => self.start_delete_ike(now, sa),
             Queued::Liveness => {
                 self.send_request(now, sa, ExchangeType::INFORMATIONAL, vec![], crate::sa::Request::Liveness)

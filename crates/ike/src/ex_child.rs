@@ -112,6 +112,15 @@ impl Endpoint {
         let vpn = sa.vpn.clone().unwrap_or_default();
         let reqid = self.reqid(&vpn, &child.name);
         let (keys_in, keys_out) = child_directions(keys, we_initiated);
+        // Transport mode across a NAT (RFC 7296 section 2.23.1): the selectors name the hosts'
+        // own addresses, but packets carry the addresses seen on the wire. The SA installed here
+        // protects the outer addresses; the selectors on the wire (and in rekeys) stay as
+        // negotiated.
+        let (dp_local_ts, dp_remote_ts) = if mode == IpsecMode::Transport && (sa.nat_local || sa.nat_remote) {
+            (host_selectors(&local_ts, sa.local.ip()), host_selectors(&remote_ts, sa.remote.ip()))
+        } else {
+            (local_ts.clone(), remote_ts.clone())
+        };
         let lt = child.lifetimes;
         let udp_encap = sa.local.port() != 500 || sa.nat_local || sa.nat_remote;
         self.events.push_back(Event::ChildSaUp(Box::new(ChildSaInstall {
@@ -127,8 +136,8 @@ impl Endpoint {
             esn: sel.esn,
             keys_in: keys_in.clone(),
             keys_out: keys_out.clone(),
-            local_ts: local_ts.clone(),
-            remote_ts: remote_ts.clone(),
+            local_ts: dp_local_ts,
+            remote_ts: dp_remote_ts,
             local: sa.local,
             remote: sa.remote,
             udp_encap,
@@ -723,4 +732,20 @@ impl Endpoint {
             });
         }
     }
+}
+
+/// `ts` with every address range replaced by the single address `host` (protocol and ports kept),
+/// without duplicates.
+fn host_selectors(ts: &[TrafficSelector], host: std::net::IpAddr) -> Vec<TrafficSelector> {
+    let mut out: Vec<TrafficSelector> = Vec::new();
+    for t in ts.iter().filter(|t| t.is_ipv4() == host.is_ipv4()) {
+        let h = TrafficSelector { start_addr: host, end_addr: host, ..*t };
+        if !out.contains(&h) {
+            out.push(h);
+        }
+    }
+    if out.is_empty() {
+        out.push(TrafficSelector::from_range(host, host));
+    }
+    out
 }

@@ -17,6 +17,11 @@ impl Endpoint {
     pub(crate) fn start_delete_children(&mut self, now: Instant, sa: &mut IkeSa, spis_in: Vec<u32>) {
         let spis: Vec<u32> =
             spis_in.into_iter().filter(|s| sa.children.iter().any(|c| c.spi_in == *s)).collect();
+        self.send_delete_children(now, sa, spis);
+    }
+
+    /// The Delete request itself, for whatever SPIs are given (the CHILD SAs may be gone here).
+    pub(crate) fn send_delete_children(&mut self, now: Instant, sa: &mut IkeSa, spis: Vec<u32>) {
         if spis.is_empty() {
             return;
         }
@@ -88,8 +93,7 @@ impl Endpoint {
         warn!(target: "ike", vpn = ?sa.vpn, child = %name, spi = format_args!("{spi:#010x}"), "INVALID_SPI from peer: replacing CHILD SA");
         self.remove_child(sa, spi_in, DownReason::InvalidSpi);
         // Tell the peer in case it still holds its half, then negotiate a fresh CHILD SA.
-        sa.queue.push(Queued::DeleteChild(vec![]));
-        sa.queue.retain(|q| !matches!(q, Queued::DeleteChild(v) if v.is_empty()));
+        sa.queue.push(Queued::DeleteRemoved(vec![spi_in]));
         sa.queue.push(Queued::CreateChild { name, rekeys_spi_in: None });
     }
 }

@@ -93,9 +93,15 @@ pub enum Request {
 /// A request waiting for the window (window size 1).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Queued {
-    CreateChild { name: String, rekeys_spi_in: Option<u32> },
+    CreateChild {
+        name: String,
+        rekeys_spi_in: Option<u32>,
+    },
     RekeyIke,
     DeleteChild(Vec<u32>),
+    /// A Delete for CHILD SAs (by inbound SPI) already removed here, so that the peer removes its
+    /// half too (after INVALID_SPI).
+    DeleteRemoved(Vec<u32>),
     DeleteIke,
     Liveness,
     InvalidSpi(u32),
