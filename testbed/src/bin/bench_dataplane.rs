@@ -321,13 +321,15 @@ fn render(
         .and_then(|l| l.split_once(':').map(|(_, v)| v.trim().to_string()))
         .unwrap_or_default();
     let cmd = std::env::var("BENCH_COMMAND").unwrap_or_else(|_| "scripts/bench".into());
+    let commit = tandem_testbed::netns::run("git", &["rev-parse", "--short", "HEAD"]);
+    let commit = String::from_utf8_lossy(&commit.stdout).trim().to_string();
     let _ = writeln!(
         d,
         "## ESP dataplane (AES-256-GCM; tandem against raw veth, strongSwan kernel-libipsec and boringtun)\n"
     );
     let _ = writeln!(
         d,
-        "Command: `{cmd}` ({} runs of {} s per figure, the median shown). Measured {date} on {cpus} vCPUs ({model}), kernel {kernel}; load average (1/5/15 min) {} before and {} after the run.\n",
+        "Command: `{cmd}` ({} runs of {} s per figure, the median shown), at commit {commit}. Measured {date} on {cpus} vCPUs ({model}), kernel {kernel}; load average (1/5/15 min) {} before and {} after the run.\n",
         o.runs,
         o.seconds,
         fmt_load(load0),
