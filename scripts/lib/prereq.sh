@@ -31,3 +31,27 @@ install_prerequisites() {
   command -v tshark >/dev/null || die "tshark missing after install"
   command -v nft >/dev/null || die "nft (nftables) missing after install"
 }
+
+# Only for scripts/bench (the dataplane benchmark): WireGuard tools and boringtun as baselines, and
+# strongSwan's standard plugins (openssl, gcm: AES-GCM for its ESP). wireguard-tools without its
+# recommends (those pull in a kernel image). boringtun-cli goes under target/, not into ~/.cargo.
+BENCH_APT_PACKAGES=(wireguard-tools libstrongswan-standard-plugins)
+BORINGTUN_VERSION=0.7.1
+
+install_bench_prerequisites() {
+  local root=$1 missing=()
+  for p in "${BENCH_APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing: ${missing[*]}" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null \
+      || { DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null &&
+           DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null; } \
+      || die "cannot install ${missing[*]}"
+  fi
+  if ! "$root/bin/boringtun-cli" --version 2>/dev/null | grep -q "$BORINGTUN_VERSION"; then
+    echo "installing boringtun-cli $BORINGTUN_VERSION under $root" >&2
+    cargo install boringtun-cli --version "$BORINGTUN_VERSION" --locked --root "$root" --quiet
+  fi
+}

@@ -2,6 +2,7 @@
 //! interop tests in `tests/`. Everything a test creates is removed when its guard drops, even when
 //! the test fails; processes are stopped by the PID we started, never by name.
 
+pub mod bench;
 pub mod charon;
 pub mod netns;
 pub mod probe;

@@ -185,10 +185,11 @@ secrets {{
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
             .unwrap_or_default();
         let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-        let doc = format!(
-            "# Performance\n\nEvery figure is measured by a script, against a baseline measured in the same run on the same\nnamespace topology, and is reproduced by the command given with it.\n\n## IKE handshakes (IKE_SA_INIT + IKE_AUTH with a CHILD SA, PSK, {ike}, ESP {esp})\n\nCommand: `scripts/bench-ike` (BENCH_COUNT={count}, BENCH_CONCURRENCY={conc}). The load generator is\n`tandem-load` (tandem's engine as initiator, one identity per IKE SA), in its own namespace; the\nresponder runs in another, on the same {cpus} vCPUs (kernel {host}). CPU is the responder's\nutime+stime during the run; memory is the growth of its RSS divided by the IKE SAs it holds. tandemd\nruns its engine on one thread; charon uses its default thread pool. The generator shares the cores with\nthe responder: when a responder's CPU seconds are well below the run's length, the generator is the\nlimit, and handshakes per responder CPU-second is the fairer comparison. Expect 5-10% noise between runs.\n\n{table}\n{summary}\n\n## ESP dataplane\n\nNot built yet: `scripts/bench` (tandem against raw veth, strongSwan libipsec and boringtun) comes with\nthe dataplane.\n"
+        let section = format!(
+            "## IKE handshakes (IKE_SA_INIT + IKE_AUTH with a CHILD SA, PSK, {ike}, ESP {esp})\n\nCommand: `scripts/bench-ike` (BENCH_COUNT={count}, BENCH_CONCURRENCY={conc}). The load generator is\n`tandem-load` (tandem's engine as initiator, one identity per IKE SA), in its own namespace; the\nresponder runs in another, on the same {cpus} vCPUs (kernel {host}). CPU is the responder's\nutime+stime during the run; memory is the growth of its RSS divided by the IKE SAs it holds. tandemd\nruns its engine on one thread; charon uses its default thread pool. The generator shares the cores with\nthe responder: when a responder's CPU seconds are well below the run's length, the generator is the\nlimit, and handshakes per responder CPU-second is the fairer comparison. Expect 5-10% noise between runs.\n\n{table}\n{summary}\n"
         );
-        std::fs::write(&path, doc).expect("write performance doc");
+        // Only this benchmark's section: the dataplane section (scripts/bench) is kept.
+        tandem_testbed::bench::doc::write_section(&path, "ike", &section).expect("write performance doc");
         eprintln!("wrote {path}");
     }
 }
