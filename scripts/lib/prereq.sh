@@ -4,8 +4,10 @@
 
 die() { echo "error: $*" >&2; exit 1; }
 
-APT_PACKAGES=(strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins
-              iperf3 iproute2 iputils-ping python3 procps tshark nftables)
+# libstrongswan-standard-plugins (openssl, gcm...) is only a Recommends of strongswan-charon, which
+# --no-install-recommends leaves out; the charon test peers load those plugins.
+APT_PACKAGES=(strongswan-charon strongswan-swanctl libstrongswan-standard-plugins libcharon-extra-plugins
+              libstrongswan-extra-plugins iperf3 iproute2 iputils-ping python3 procps tshark nftables)
 
 install_prerequisites() {
   [ "$(id -u)" = 0 ] || die "run as root (network namespaces and strongSwan need it)"
@@ -30,12 +32,12 @@ install_prerequisites() {
   command -v swanctl >/dev/null || die "swanctl missing after install"
   command -v tshark >/dev/null || die "tshark missing after install"
   command -v nft >/dev/null || die "nft (nftables) missing after install"
+  [ -e /usr/lib/ipsec/plugins/libstrongswan-gcm.so ] || die "strongSwan's gcm plugin missing after install"
 }
 
-# Only for scripts/bench (the dataplane benchmark): WireGuard tools and boringtun as baselines, and
-# strongSwan's standard plugins (openssl, gcm: AES-GCM for its ESP). wireguard-tools without its
-# recommends (those pull in a kernel image). boringtun-cli goes under target/, not into ~/.cargo.
-BENCH_APT_PACKAGES=(wireguard-tools libstrongswan-standard-plugins)
+# Only for scripts/bench (the dataplane benchmark): WireGuard tools and boringtun as baselines.
+# wireguard-tools without its recommends (those pull in a kernel image). boringtun-cli goes under target/, not into ~/.cargo.
+BENCH_APT_PACKAGES=(wireguard-tools)
 BORINGTUN_VERSION=0.7.1
 
 install_bench_prerequisites() {
