@@ -89,8 +89,13 @@ pub fn range_to_prefixes(start: IpAddr, end: IpAddr) -> Vec<(IpAddr, u8)> {
 /// A local address inside one of `local_ts` of the same family as `dst`, to use as the route's
 /// source (so locally originated traffic matches the policy).
 fn source_in(local_ts: &[TrafficSelector], v4: bool) -> Option<IpAddr> {
+    // Never loopback or IPv6 link-local: with wide local selectors (0.0.0.0/0) those would be
+    // found first, and no peer can answer them.
     crate::ifaddr::interface_addresses().into_iter().find(|ip| {
+        let link_local = matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80);
         ip.is_ipv4() == v4
+            && !ip.is_loopback()
+            && !link_local
             && local_ts.iter().any(|ts| ts.is_ipv4() == v4 && ts.start_addr <= *ip && *ip <= ts.end_addr)
     })
 }
