@@ -6,7 +6,7 @@
 use super::{alive, ns_must, run_bounded, with_private_run};
 use crate::charon::{Charon, CharonConfig, CHARON};
 use crate::netns::{Netns, Pair};
-use crate::tandemd::{bin_dir, Tandemd};
+use crate::tandemd::{bin_dir, TandemConf, Tandemd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -262,51 +262,18 @@ fn boringtun(pair: &mut Pair, threads: Option<u32>) -> Result<Tunnel, String> {
     })
 }
 
-/// tandemd configuration for one side of the pair (contract of the dataplane wiring).
+/// tandemd configuration for one side of the pair: the testbed's standard vpn `t` (left
+/// 10.99.10.0/24 <-> right 10.99.20.0/24), AES-256-GCM, the TUN MTU of the other tunnels.
 pub fn tandem_config(left: bool, socket: &Path, encap: bool) -> String {
-    let (me, peer, my_id, peer_id, lts, rts) = if left {
-        ("10.99.1.1", "10.99.1.2", "a.test", "b.test", "10.99.10.0/24", "10.99.20.0/24")
-    } else {
-        ("10.99.1.2", "10.99.1.1", "b.test", "a.test", "10.99.20.0/24", "10.99.10.0/24")
-    };
-    format!(
-        r#"[daemon]
-socket = "{socket}"
-listen = ["{me}"]
-
-[dataplane]
-enabled = true
-tun-mtu = 1400
-offload = true
-raw-esp = true
-install-routes = true
-
-[ike-policy.ike1]
-proposals = ["{IKE}"]
-
-[ipsec-policy.ipsec1]
-proposals = ["{ESP}"]
-
-[vpn.t]
-ike-policy = "ike1"
-ipsec-policy = "ipsec1"
-local-address = "{me}"
-remote-address = "{peer}"
-local-id = "{my_id}"
-remote-id = "{peer_id}"
-encap = {encap}
-
-[[vpn.t.security-policy]]
-name = "net"
-local-ts = ["{lts}"]
-remote-ts = ["{rts}"]
-
-[pre-shared-key.t]
-ids = ["a.test", "b.test"]
-secret = "a-long-test-psk"
-"#,
-        socket = socket.display()
-    )
+    let socket = socket.display().to_string();
+    let mut conf = TandemConf::left(&socket, IKE, ESP);
+    conf.encap = Some(encap);
+    conf.dataplane_extra =
+        "enabled = true\ntun-mtu = 1400\noffload = true\nraw-esp = true\ninstall-routes = true".into();
+    if !left {
+        conf = conf.mirrored(&socket, "10.99.1.2", Some("10.99.1.1"));
+    }
+    conf.toml()
 }
 
 fn ctl_ok(t: &Tandemd, args: &[&str]) -> Result<String, String> {
@@ -393,5 +360,24 @@ pub fn tandem_counters(t: &Tandemd) -> String {
             .collect::<Vec<_>>()
             .join(", "),
         Err(e) => e,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tandem_configs_mirror_each_other() {
+        let l = tandem_config(true, Path::new("/tmp/l.sock"), true);
+        let r = tandem_config(false, Path::new("/tmp/r.sock"), true);
+        for (text, me, peer, lts) in
+            [(&l, "10.99.1.1", "10.99.1.2", "10.99.10.0/24"), (&r, "10.99.1.2", "10.99.1.1", "10.99.20.0/24")]
+        {
+            assert!(text.contains(&format!("local-address = \"{me}\"")), "{text}");
+            assert!(text.contains(&format!("remote-address = \"{peer}\"")), "{text}");
+            assert!(text.contains(&format!("local-ts = [\"{lts}\"]")), "{text}");
+            assert!(text.contains("encap = true") && text.contains("tun-mtu = 1400"), "{text}");
+        }
     }
 }
