@@ -103,14 +103,6 @@ pub(crate) fn convert_manual(
     let (encr, integ) = match (prop.encr.as_slice(), prop.integ.as_slice(), prop.dh.is_empty()) {
         ([e], [], true) if e.is_aead() => (*e, None),
         ([e], [i], true) if !e.is_aead() => (*e, Some(*i)),
-        ([e], [], true) => {
-            return Err(ctx.err(
-                table,
-                Some("integrity"),
-                None,
-                format!("{} needs an integrity algorithm", e.name()),
-            ))
-        }
         _ => {
             return Err(ctx.err(
                 table,

@@ -106,19 +106,20 @@ impl Routes {
         let r = Routes { enabled, table: table.to_string(), by_reqid: HashMap::new() };
         if enabled {
             for fam in ["-4", "-6"] {
-                let mark = format!("{FWMARK:#x}");
-                let rule =
-                    ["rule", "del", "priority", RULE_PRIORITY, "not", "fwmark", &mark, "lookup", &r.table];
                 // Remove a rule left by an earlier instance, then add ours.
-                let _ = ip(&[&[fam], &rule[..]].concat());
-                let mut add = rule;
-                add[1] = "add";
-                if let Err(e) = ip(&[&[fam], &add[..]].concat()) {
+                let _ = r.rule(fam, "del");
+                if let Err(e) = r.rule(fam, "add") {
                     warn!(target: "esp", "policy routing rule not installed: {e}");
                 }
             }
         }
         r
+    }
+
+    /// `ip FAM rule OP priority 220 not fwmark MARK lookup TABLE`.
+    fn rule(&self, fam: &str, op: &str) -> Result<(), String> {
+        let mark = format!("{FWMARK:#x}");
+        ip(&[fam, "rule", op, "priority", RULE_PRIORITY, "not", "fwmark", &mark, "lookup", &self.table])
     }
 
     /// Route `remote_ts` into `dev` for the CHILD SA `reqid` (adds what is missing).
@@ -182,20 +183,8 @@ impl Routes {
             self.remove(reqid);
         }
         if self.enabled {
-            let mark = format!("{FWMARK:#x}");
             for fam in ["-4", "-6"] {
-                let _ = ip(&[
-                    fam,
-                    "rule",
-                    "del",
-                    "priority",
-                    RULE_PRIORITY,
-                    "not",
-                    "fwmark",
-                    &mark,
-                    "lookup",
-                    &self.table,
-                ]);
+                let _ = self.rule(fam, "del");
             }
         }
     }

@@ -309,9 +309,7 @@ fn process_esp(
     };
     let opened = match open_sa(sa, pkt) {
         Ok(o) => {
-            if sa.take_activation() {
-                shared.sad.activate(spi);
-            }
+            shared.sad.confirm_received(sa);
             o
         }
         Err(reason) => {

@@ -272,9 +272,7 @@ pub fn open_batch(sad: &Sad, batch: &mut PacketBatch) -> OpenStats {
         };
         match open_uncounted(sa, pkt) {
             Ok(o) => {
-                if sa.take_activation() {
-                    sad.activate(spi);
-                }
+                sad.confirm_received(sa);
                 let len = o.payload.len() as u64;
                 m.next_header = o.next_header;
                 m.seq = o.seq;

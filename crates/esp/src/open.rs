@@ -49,10 +49,8 @@ pub struct Opened {
 pub fn open(sad: &Sad, packet: &mut [u8]) -> Result<Opened, DropReason> {
     let snap = sad.snapshot();
     let r = open_in(&snap, sad.global(), packet);
-    if let (Ok(_), Some((spi, _))) = (&r, peek_header(packet)) {
-        if snap.inbound(spi).is_some_and(|sa| sa.take_activation()) {
-            sad.activate(spi);
-        }
+    if let Some(sa) = r.as_ref().ok().and_then(|o| snap.inbound(o.spi)) {
+        sad.confirm_received(sa);
     }
     r
 }

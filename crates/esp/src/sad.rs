@@ -229,6 +229,15 @@ impl Sad {
         Ok(())
     }
 
+    /// Called by every receive path after `sa` authenticated a packet: the first such packet of
+    /// a pair installed with `defer_outbound` activates its outbound SA (one relaxed load
+    /// otherwise).
+    pub fn confirm_received(&self, sa: &InboundSa) {
+        if sa.take_activation() {
+            self.activate(sa.spi());
+        }
+    }
+
     /// The first packet arrived on a pair installed with `defer_outbound`: the peer has it, so
     /// its outbound SA takes over from the one it replaces. Called once per such pair by the
     /// receive path (see `InboundSa::take_activation`).
