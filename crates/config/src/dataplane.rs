@@ -28,6 +28,18 @@ pub struct DataplaneSettings {
     pub rekey_linger: Duration,
     /// Packets held per CHILD SA while a trap policy negotiates it.
     pub trap_queue: usize,
+    /// How the two directions of the packet path are spread over threads.
+    pub workers: Workers,
+}
+
+/// `workers`: one thread for both directions, one per direction, or chosen by CPU count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Workers {
+    /// `split` with more than two CPUs, else `combined`.
+    Auto,
+    Combined,
+    Split,
 }
 
 impl Default for DataplaneSettings {
@@ -44,6 +56,7 @@ impl Default for DataplaneSettings {
             socket_buffer: 8 << 20,
             rekey_linger: Duration::from_secs(5),
             trap_queue: 16,
+            workers: Workers::Auto,
         }
     }
 }
@@ -85,6 +98,12 @@ pub(crate) fn convert_dataplane(ctx: &Ctx, d: &RawDataplane) -> Result<Dataplane
         Some(z) if z.is_zero() => None,
         Some(k) => Some(k),
     };
+    let workers = match d.workers.as_deref() {
+        None | Some("auto") => Workers::Auto,
+        Some("combined") => Workers::Combined,
+        Some("split") => Workers::Split,
+        Some(_) => return Err(ctx.err(T, Some("workers"), None, "one of auto, combined, split")),
+    };
     Ok(DataplaneSettings {
         enabled: d.enabled.unwrap_or(true),
         tun_name,
@@ -97,5 +116,6 @@ pub(crate) fn convert_dataplane(ctx: &Ctx, d: &RawDataplane) -> Result<Dataplane
         socket_buffer,
         rekey_linger: ctx.duration(T, "rekey-linger", &d.rekey_linger)?.unwrap_or(def.rekey_linger),
         trap_queue,
+        workers,
     })
 }

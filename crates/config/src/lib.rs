@@ -10,7 +10,7 @@ mod manual;
 mod raw;
 
 pub use convert::{parse_subnet_selector, DaemonSettings, HaSettings};
-pub use dataplane::DataplaneSettings;
+pub use dataplane::{DataplaneSettings, Workers};
 pub use manual::{ManualKeys, ManualSa};
 use std::path::{Path, PathBuf};
 use tandem_ike::{EndpointConfig, PeerConfig, PreSharedKey};

@@ -138,6 +138,7 @@ pub struct RawDataplane {
     pub socket_buffer: Option<usize>,
     pub rekey_linger: Option<toml::Value>,
     pub trap_queue: Option<usize>,
+    pub workers: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

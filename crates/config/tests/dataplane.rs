@@ -83,6 +83,18 @@ fn dataplane_errors_name_the_key() {
     assert!(e.contains("dataplane.route-table"), "{e}");
     let e = err("[dataplane]\nnat-keepalive = \"soon\"\n");
     assert!(e.contains("dataplane.nat-keepalive"), "{e}");
+    let e = err("[dataplane]\nworkers = \"many\"\n");
+    assert!(e.contains("dataplane.workers: one of auto, combined, split"), "{e}");
+}
+
+#[test]
+fn worker_layout() {
+    use tandem_config::Workers;
+    assert_eq!(Config::parse("", "t.toml").unwrap().dataplane.workers, Workers::Auto);
+    let c = Config::parse("[dataplane]\nworkers = \"split\"\n", "t.toml").unwrap();
+    assert_eq!(c.dataplane.workers, Workers::Split);
+    let c = Config::parse("[dataplane]\nworkers = \"combined\"\n", "t.toml").unwrap();
+    assert_eq!(c.dataplane.workers, Workers::Combined);
 }
 
 #[test]

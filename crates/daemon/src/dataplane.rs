@@ -7,11 +7,11 @@ use crate::routes::{Routes, FWMARK};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tandem_config::{Config, ManualSa};
+use tandem_config::{Config, ManualSa, Workers};
 use tandem_dataplane::tandem_esp::lifetime::LifetimeLimits;
 use tandem_dataplane::tandem_esp::sa::{ChildSaSpec, KeyMaterial, Mode};
 use tandem_dataplane::tandem_esp::spd::{Policy, PolicyAction};
-use tandem_dataplane::{DataplaneConfig, DataplaneEvent, DataplaneHandle, TunConfig};
+use tandem_dataplane::{DataplaneConfig, DataplaneEvent, DataplaneHandle, TunConfig, WorkerLayout};
 use tandem_ike::config::{DeadPeerAction, IpsecMode, StartAction};
 use tandem_ike::{ChildSaInstall, DownReason, Endpoint};
 use tandem_wire::TrafficSelector;
@@ -125,6 +125,11 @@ impl Esp {
         dc.rekey_linger = s.rekey_linger;
         dc.pending_per_reqid = s.trap_queue;
         dc.fwmark = Some(FWMARK);
+        dc.workers = match s.workers {
+            Workers::Auto => WorkerLayout::Auto,
+            Workers::Combined => WorkerLayout::Combined,
+            Workers::Split => WorkerLayout::Split,
+        };
         let (handle, rx) = DataplaneHandle::start(dc).map_err(|e| e.to_string())?;
         info!(target: "esp", tun = %s.tun_name, natt = ?handle.natt_addrs(), raw_esp = s.raw_esp,
               offload = ?handle.interfaces().first().map(|i| i.offload), "ESP dataplane started");

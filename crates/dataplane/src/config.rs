@@ -4,6 +4,8 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use crate::worker::WorkerLayout;
+
 /// Largest ESP overhead for an IPv4 outer header with UDP encapsulation: outer IPv4 (20), UDP (8),
 /// ESP header (8), the longest IV (AES-CBC, 16), pad length and next header (2), the worst block
 /// padding (15) and the longest ICV (HMAC-SHA2-512-256, 32).
@@ -74,6 +76,8 @@ pub struct DataplaneConfig {
     /// into the TUN with a policy-routing rule that skips marked packets, so the dataplane's own
     /// ESP (and IKE) never loops back into the TUN even when a selector covers the peer's address.
     pub fwmark: Option<u32>,
+    /// How the two directions are spread over worker threads (see `worker`).
+    pub workers: WorkerLayout,
 }
 
 impl DataplaneConfig {
@@ -90,6 +94,7 @@ impl DataplaneConfig {
             event_capacity: 1024,
             rekey_linger: Duration::from_secs(5),
             fwmark: None,
+            workers: WorkerLayout::Auto,
         }
     }
 }

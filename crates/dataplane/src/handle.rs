@@ -29,6 +29,7 @@ use crate::shared::{Shared, TunEntry, TunTable};
 use crate::sys::Waker;
 use crate::tun::Tun;
 use crate::udp::EncapSocket;
+use crate::worker::{self, WorkerLayout};
 
 /// Failure to start the dataplane or to add an interface.
 #[derive(Debug, thiserror::Error)]
@@ -130,8 +131,18 @@ impl DataplaneHandle {
         };
         let out = Outbound::new(shared.clone(), egress);
         let inb = Inbound::new(shared.clone(), raw);
-        handle.spawn("tandem-dp-out", move || out.run())?;
-        handle.spawn("tandem-dp-in", move || inb.run())?;
+        match shared.cfg.workers.resolve() {
+            WorkerLayout::Split => {
+                let s = shared.clone();
+                handle.spawn("tandem-dp-out", move || worker::run(s, vec![Box::new(out)]))?;
+                let s = shared.clone();
+                handle.spawn("tandem-dp-in", move || worker::run(s, vec![Box::new(inb)]))?;
+            }
+            _ => {
+                let s = shared.clone();
+                handle.spawn("tandem-dp", move || worker::run(s, vec![Box::new(out), Box::new(inb)]))?;
+            }
+        }
         let s = shared.clone();
         handle.spawn("tandem-dp-timer", move || crate::timer::run(s))?;
         Ok((handle, rx))

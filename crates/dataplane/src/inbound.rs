@@ -5,9 +5,10 @@
 
 use std::io::IoSliceMut;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use quinn_udp::RecvMeta;
 use tandem_esp::error::DropReason;
@@ -23,8 +24,9 @@ use crate::demux::{classify, NattKind};
 use crate::events::{DataplaneEvent, InvalidSpiLimiter};
 use crate::raw::RawEspSocket;
 use crate::shared::{Shared, TunTable};
-use crate::sys::{PollSet, MMSG_BATCH};
+use crate::sys::MMSG_BATCH;
 use crate::tun::{Tun, TUN_WRITE_HEADROOM};
+use crate::worker::Stage;
 
 /// UDP receive entries per call and the size of each (room for a full GRO train of 64 datagrams).
 const UDP_SLOTS: usize = 8;
@@ -37,7 +39,6 @@ const TUN_BATCH: usize = 128;
 const TUN_WRITE_CAPACITY: usize = 2 * TUN_WRITE_HEADROOM + 65536;
 /// Receive calls per socket before looking at the other sockets.
 const ROUNDS: usize = 16;
-const IDLE_POLL_MS: i32 = 200;
 
 /// Pending writes to one TUN.
 struct TunOut {
@@ -100,6 +101,45 @@ pub struct Inbound {
     outs: Vec<TunOut>,
     table: Arc<TunTable>,
     invalid_spi: InvalidSpiLimiter,
+    generation: u64,
+}
+
+impl Stage for Inbound {
+    /// The interface table changes only what is written to, not what is polled.
+    fn refresh(&mut self) -> bool {
+        let g = self.shared.tuns_generation.load(Ordering::Acquire);
+        if g != self.generation {
+            self.generation = g;
+            self.table = self.shared.tuns.load_full();
+            self.outs = self.table.list.iter().map(|e| TunOut::new(e.tun.clone())).collect();
+        }
+        false
+    }
+
+    /// The waker, the UDP encapsulation sockets, the raw ESP sockets.
+    fn fds(&self) -> Vec<RawFd> {
+        let mut fds = vec![self.shared.wake_in.raw_fd()];
+        fds.extend(self.shared.udp.iter().map(|s| s.raw_fd()));
+        fds.extend(self.raw.iter().map(|s| s.raw_fd()));
+        fds
+    }
+
+    fn serve(&mut self, now: Instant, ready: &dyn Fn(usize) -> bool) {
+        if ready(0) {
+            self.shared.wake_in.drain();
+        }
+        let udp = self.shared.udp.len();
+        for i in 0..udp {
+            if ready(1 + i) {
+                self.drain_udp(now, i);
+            }
+        }
+        for i in 0..self.raw.len() {
+            if ready(1 + udp + i) {
+                self.drain_raw(now, i);
+            }
+        }
+    }
 }
 
 impl Inbound {
@@ -115,45 +155,9 @@ impl Inbound {
             outs,
             table,
             invalid_spi,
-        }
-    }
-
-    pub fn run(mut self) {
-        let shared = self.shared.clone();
-        let mut fds = vec![shared.wake_in.raw_fd()];
-        fds.extend(shared.udp.iter().map(|s| s.raw_fd()));
-        fds.extend(self.raw.iter().map(|s| s.raw_fd()));
-        let mut poll = PollSet::new(&fds);
-        // Reload the interface table on the first round (it may have changed since `new`).
-        let mut generation = u64::MAX;
-        while !shared.stopping() {
-            if let Err(e) = poll.wait(IDLE_POLL_MS) {
-                tracing::warn!(target: "dataplane", "inbound poll: {e}");
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            if shared.stopping() {
-                break;
-            }
-            if poll.ready(0) {
-                shared.wake_in.drain();
-            }
-            let g = shared.tuns_generation.load(Ordering::Acquire);
-            if g != generation {
-                generation = g;
-                self.table = shared.tuns.load_full();
-                self.outs = self.table.list.iter().map(|e| TunOut::new(e.tun.clone())).collect();
-            }
-            let now = Instant::now();
-            for i in 0..shared.udp.len() {
-                if poll.ready(1 + i) {
-                    self.drain_udp(now, i);
-                }
-            }
-            for i in 0..self.raw.len() {
-                if poll.ready(1 + shared.udp.len() + i) {
-                    self.drain_raw(now, i);
-                }
-            }
+            // Never a real generation: the first `refresh` reloads the table (it may have
+            // changed since it was loaded above).
+            generation: u64::MAX,
         }
     }
 

@@ -5,7 +5,8 @@
 //!  outbound worker:  TUN ──read batch──▶ parse ─▶ SPD ─▶ seal ─▶ UDP 4500 (GSO) / raw ESP (sendmmsg)
 //!  inbound worker:   UDP 4500 (GRO) / raw ESP ──▶ demux (IKE │ keepalive │ ESP) ─▶ open ─▶ TUN (GRO)
 //! ```
-//! Two worker threads, batches everywhere, buffers reused, SAD/SPD read without locks. The
+//! The two directions run on one worker thread or on two (`WorkerLayout`); batches everywhere,
+//! buffers reused, SAD/SPD read without locks. The
 //! control plane (the daemon) holds a [`DataplaneHandle`] to install SAs and policies and reads
 //! [`DataplaneEvent`]s (IKE datagrams from port 4500, Acquires, unknown SPIs, lifetimes).
 
@@ -27,6 +28,7 @@ mod sys;
 mod timer;
 mod tun;
 mod udp;
+pub mod worker;
 
 pub use config::{DataplaneConfig, TunConfig, DEFAULT_TUN_MTU};
 pub use counters::CountersSnapshot;
@@ -34,3 +36,4 @@ pub use events::DataplaneEvent;
 pub use handle::{DataplaneError, DataplaneHandle, InterfaceInfo};
 /// The ESP core types the handle's API uses.
 pub use tandem_esp;
+pub use worker::WorkerLayout;

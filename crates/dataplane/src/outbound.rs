@@ -2,6 +2,7 @@
 //! snapshots once, reads every queued packet from every TUN, seals in place in reused buffers and
 //! hands the ESP packets to the egress batches (UDP GSO / sendmmsg).
 
+use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,8 +18,8 @@ use crate::counters::{add, Counters};
 use crate::egress::Egress;
 use crate::events::DataplaneEvent;
 use crate::shared::{Shared, TunTable};
-use crate::sys::PollSet;
 use crate::tun::TUN_SCRATCH_LEN;
+use crate::worker::Stage;
 
 /// Bytes kept free in front of each packet read from the TUN: ESP header and the longest IV.
 pub const OUT_HEADROOM: usize = 64;
@@ -27,8 +28,6 @@ pub const OUT_HEADROOM: usize = 64;
 const BATCH: usize = 256;
 /// Keep reading while at least this many buffers are free.
 const MIN_FREE: usize = 128;
-/// How often idle workers look at timers and the shutdown flag.
-const IDLE_POLL_MS: i32 = 200;
 
 /// Per-batch counts added to the shared counters once per batch.
 #[derive(Default)]
@@ -70,6 +69,49 @@ pub struct Outbound {
     sizes: Vec<usize>,
     scratch: Vec<u8>,
     tally: Tally,
+    generation: u64,
+    table: Arc<TunTable>,
+    last_expiry: Instant,
+}
+
+impl Stage for Outbound {
+    fn refresh(&mut self) -> bool {
+        // Generation first: a change racing with these two loads is seen on the next round.
+        let g = self.shared.tuns_generation.load(Ordering::Acquire);
+        if g == self.generation {
+            return false;
+        }
+        self.generation = g;
+        self.table = self.shared.tuns.load_full();
+        true
+    }
+
+    /// The waker, then every TUN.
+    fn fds(&self) -> Vec<RawFd> {
+        let mut fds = vec![self.shared.wake_out.raw_fd()];
+        fds.extend(self.table.list.iter().map(|e| e.tun.raw_fd()));
+        fds
+    }
+
+    fn serve(&mut self, now: Instant, ready: &dyn Fn(usize) -> bool) {
+        if ready(0) {
+            self.shared.wake_out.drain();
+            self.flush_traps(now);
+        }
+        let table = self.table.clone();
+        for (i, entry) in table.list.iter().enumerate() {
+            if ready(i + 1) {
+                self.drain_tun(now, entry.tun.as_ref(), entry.reqid);
+            }
+        }
+        if now.saturating_duration_since(self.last_expiry) >= Duration::from_secs(1) {
+            self.last_expiry = now;
+            let dropped = self.traps.expire(now);
+            add(&self.shared.counters.drop_trap_overflow, dropped as u64);
+            // An SA may have appeared without a wake-up reaching us (e.g. installed by HA).
+            self.flush_traps(now);
+        }
+    }
 }
 
 impl Outbound {
@@ -89,47 +131,10 @@ impl Outbound {
             sizes: vec![0; BATCH],
             scratch: vec![0u8; TUN_SCRATCH_LEN],
             tally: Tally::default(),
-        }
-    }
-
-    pub fn run(mut self) {
-        // Generation first: a change racing with these two loads is seen on the next wake-up.
-        let mut generation = self.shared.tuns_generation.load(Ordering::Acquire);
-        let mut table: Arc<TunTable> = self.shared.tuns.load_full();
-        let mut poll = poll_set(&self.shared, &table);
-        let mut last_expiry = Instant::now();
-        while !self.shared.stopping() {
-            if let Err(e) = poll.wait(IDLE_POLL_MS) {
-                tracing::warn!(target: "dataplane", "outbound poll: {e}");
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            if self.shared.stopping() {
-                break;
-            }
-            let now = Instant::now();
-            self.shared.sad.clock().set(now);
-            if poll.ready(0) {
-                self.shared.wake_out.drain();
-                let g = self.shared.tuns_generation.load(Ordering::Acquire);
-                if g != generation {
-                    generation = g;
-                    table = self.shared.tuns.load_full();
-                    poll = poll_set(&self.shared, &table);
-                }
-                self.flush_traps(now);
-            }
-            for (i, entry) in table.list.iter().enumerate() {
-                if poll.ready(i + 1) {
-                    self.drain_tun(now, entry.tun.as_ref(), entry.reqid);
-                }
-            }
-            if now.saturating_duration_since(last_expiry) >= Duration::from_secs(1) {
-                last_expiry = now;
-                let dropped = self.traps.expire(now);
-                add(&self.shared.counters.drop_trap_overflow, dropped as u64);
-                // An SA may have appeared without a wake-up reaching us (e.g. installed by HA).
-                self.flush_traps(now);
-            }
+            // Never a real generation: the first `refresh` loads the table.
+            generation: u64::MAX,
+            table: Arc::default(),
+            last_expiry: Instant::now(),
         }
     }
 
@@ -271,10 +276,4 @@ fn seal_and_queue(
         }
         Err(_) => tally.seal_error += 1,
     }
-}
-
-fn poll_set(shared: &Shared, table: &TunTable) -> PollSet {
-    let mut fds = vec![shared.wake_out.raw_fd()];
-    fds.extend(table.list.iter().map(|e| e.tun.raw_fd()));
-    PollSet::new(&fds)
 }

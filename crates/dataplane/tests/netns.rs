@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use tandem_dataplane::tandem_esp::sa::Mode;
-use tandem_dataplane::DataplaneEvent;
+use tandem_dataplane::{DataplaneConfig, DataplaneEvent, WorkerLayout};
 
 fn natt(ip: std::net::IpAddr) -> SocketAddr {
     SocketAddr::new(ip, 4500)
@@ -20,6 +20,11 @@ fn setup_inner(ns: &NsPair) {
     ns.ip(&ns.a, "route add 172.16.2.0/24 dev tnd0 src 172.16.1.1");
     ns.ip(&ns.b, "addr add 172.16.2.1/32 dev tnd0");
     ns.ip(&ns.b, "route add 172.16.1.0/24 dev tnd0 src 172.16.2.1");
+}
+
+fn with_layout(mut c: DataplaneConfig, workers: WorkerLayout) -> DataplaneConfig {
+    c.workers = workers;
+    c
 }
 
 fn params(encr: EncrAlg, integ: Option<IntegAlg>, esn: bool, udp_encap: bool) -> SaParams {
@@ -57,8 +62,9 @@ fn udp_encap_gcm_ping_and_wire_is_esp_only() {
         return;
     }
     let ns = NsPair::new("udp", 71);
-    let (ha, _ra) = start(&ns.a, config("tnd0", natt(ns.addr_a)));
-    let (hb, _rb) = start(&ns.b, config("tnd0", natt(ns.addr_b)));
+    // Both worker layouts, one on each side (the raw ESP test swaps them).
+    let (ha, _ra) = start(&ns.a, with_layout(config("tnd0", natt(ns.addr_a)), WorkerLayout::Split));
+    let (hb, _rb) = start(&ns.b, with_layout(config("tnd0", natt(ns.addr_b)), WorkerLayout::Combined));
     setup_inner(&ns);
     ha.add_policy(protect(1, 1, "172.16.1.0/24", "172.16.2.0/24"));
     hb.add_policy(protect(1, 1, "172.16.2.0/24", "172.16.1.0/24"));
@@ -89,8 +95,8 @@ fn raw_esp_cbc_sha256_esn_ipv4_and_ipv6_inner() {
         return;
     }
     let ns = NsPair::new("raw", 72);
-    let (ha, _ra) = start(&ns.a, config("tnd0", natt(ns.addr_a)));
-    let (hb, _rb) = start(&ns.b, config("tnd0", natt(ns.addr_b)));
+    let (ha, _ra) = start(&ns.a, with_layout(config("tnd0", natt(ns.addr_a)), WorkerLayout::Combined));
+    let (hb, _rb) = start(&ns.b, with_layout(config("tnd0", natt(ns.addr_b)), WorkerLayout::Split));
     setup_inner(&ns);
     ns.ip(&ns.a, "addr add fd99:1::1/128 dev tnd0 nodad");
     ns.ip(&ns.a, "route add fd99:2::/64 dev tnd0");
