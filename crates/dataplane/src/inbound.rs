@@ -1,7 +1,8 @@
 //! The inbound worker: wire → demux → open → TUN. One thread polls every UDP encapsulation socket
 //! and the raw ESP sockets; per batch it loads the SAD snapshot once, opens each ESP packet in
 //! place in the receive buffer (a UDP GRO entry holds many packets of one stride), copies the
-//! inner packet into a reused TUN write buffer and writes the batch (coalesced by tun-rs GRO).
+//! inner packet into the TUN frame of its flow (`gro`: TCP segments of a flow coalesced into one
+//! 64 KiB frame) and writes the frames.
 
 use std::io::IoSliceMut;
 use std::net::{IpAddr, SocketAddr};
@@ -17,15 +18,15 @@ use tandem_esp::ip::{recompute_l4_checksum, write_ip_header};
 use tandem_esp::open::open_sa;
 use tandem_esp::sa::Mode;
 use tandem_esp::sad::SadSnapshot;
-use tun_rs::GROTable;
 
 use crate::counters::add;
 use crate::demux::{classify, NattKind};
 use crate::events::{DataplaneEvent, InvalidSpiLimiter};
+use crate::gro::{self, Coalescer};
 use crate::raw::RawEspSocket;
 use crate::shared::{Shared, TunTable};
 use crate::sys::MMSG_BATCH;
-use crate::tun::{Tun, TUN_WRITE_HEADROOM};
+use crate::tun::Tun;
 use crate::worker::Stage;
 
 /// UDP receive entries per call and the size of each (room for a full GRO train of 64 datagrams).
@@ -33,63 +34,52 @@ const UDP_SLOTS: usize = 8;
 const UDP_SLOT_LEN: usize = 64 * 1500;
 /// Raw socket datagrams per call.
 const RAW_SLOT_LEN: usize = 2048;
-/// TUN writes per `send_multiple`.
+/// TUN frames per batch (a frame holds one packet or a coalesced flow of up to 64 KiB).
 const TUN_BATCH: usize = 128;
-/// Capacity of each TUN write buffer: a coalesced 64 KiB super-frame plus headroom.
-const TUN_WRITE_CAPACITY: usize = 2 * TUN_WRITE_HEADROOM + 65536;
 /// Receive calls per socket before looking at the other sockets.
 const ROUNDS: usize = 16;
 
-/// Pending writes to one TUN.
+/// Pending writes to one TUN, coalesced per flow (see `gro`).
 struct TunOut {
     tun: Arc<Tun>,
-    bufs: Vec<Vec<u8>>,
-    n: usize,
-    gro: GROTable,
+    frames: Coalescer,
+    /// Where a transport-mode packet is rebuilt (IP header + payload) before it is queued.
+    assemble: Vec<u8>,
 }
 
 impl TunOut {
     fn new(tun: Arc<Tun>) -> TunOut {
-        TunOut {
-            tun,
-            // tun-rs coalesces the segments of a TCP/UDP flow into the flow's first buffer only
-            // if that buffer can hold the result (up to 64 KiB); otherwise every segment is one
-            // write and one skb. Pages are only touched as far as they are used.
-            bufs: (0..TUN_BATCH).map(|_| Vec::with_capacity(TUN_WRITE_CAPACITY)).collect(),
-            n: 0,
-            gro: GROTable::default(),
-        }
+        let frames = Coalescer::new(TUN_BATCH, tun.offload());
+        TunOut { tun, frames, assemble: Vec::with_capacity(65536) }
     }
 
-    /// A buffer for the next packet, holding the headroom only.
-    fn next_buf(&mut self, shared: &Shared) -> &mut Vec<u8> {
-        if self.n == self.bufs.len() {
+    /// Queue one inner IP packet.
+    fn push(&mut self, shared: &Shared, pkt: &[u8]) {
+        if self.frames.is_full() {
             self.flush(shared);
         }
-        let b = &mut self.bufs[self.n];
-        self.n += 1;
-        b.clear();
-        b.resize(TUN_WRITE_HEADROOM, 0);
-        b
+        if !self.frames.push(pkt) {
+            add(&shared.counters.tun_write_errors, 1);
+        }
     }
 
     fn flush(&mut self, shared: &Shared) {
-        if self.n == 0 {
+        if self.frames.is_empty() {
             return;
         }
-        let bytes: usize = self.bufs[..self.n].iter().map(|b| b.len() - TUN_WRITE_HEADROOM).sum();
         let c = &shared.counters;
-        match self.tun.send_batch(&mut self.gro, &mut self.bufs[..self.n], TUN_WRITE_HEADROOM) {
-            Ok(_) => {
-                add(&c.tun_tx_packets, self.n as u64);
-                add(&c.tun_tx_bytes, bytes as u64);
-            }
+        add(&c.tun_tx_packets, self.frames.packets() as u64);
+        let (tun, mut bytes, mut errors) = (&self.tun, 0u64, 0u64);
+        let header = if tun.offload() { gro::HDR } else { 0 };
+        self.frames.drain(|frame| match tun.write_frame(frame) {
+            Ok(_) => bytes += (frame.len() - header) as u64,
             Err(e) => {
                 tracing::debug!(target: "dataplane", "TUN write: {e}");
-                add(&c.tun_write_errors, self.n as u64);
+                errors += 1;
             }
-        }
-        self.n = 0;
+        });
+        add(&c.tun_tx_bytes, bytes);
+        add(&c.tun_write_errors, errors);
     }
 }
 
@@ -332,38 +322,30 @@ fn process_esp(
     };
     let payload = &pkt[opened.payload.clone()];
     match sa.mode() {
-        Mode::Tunnel => {
-            out.next_buf(shared).extend_from_slice(payload);
-        }
+        Mode::Tunnel => out.push(shared, payload),
         Mode::Transport => {
             // Rebuild the IP packet the kernel would have delivered: from the peer to us.
             let (src, dst) = (sa.remote().ip(), sa.local().ip());
-            let ok = {
-                let buf = out.next_buf(shared);
-                buf.resize(TUN_WRITE_HEADROOM + 40, 0);
-                match write_ip_header(
-                    &mut buf[TUN_WRITE_HEADROOM..],
-                    src,
-                    dst,
-                    opened.next_header,
-                    payload.len(),
-                ) {
-                    Some(hl) => {
-                        buf.truncate(TUN_WRITE_HEADROOM + hl);
-                        buf.extend_from_slice(payload);
-                        if sa.udp_encap() {
-                            // Behind NAT the peer computed its TCP/UDP checksum over its own,
-                            // private addresses (RFC 3948 section 3.1.2): recompute it over the
-                            // addresses we deliver.
-                            recompute_l4_checksum(&mut buf[TUN_WRITE_HEADROOM..]);
-                        }
-                        true
+            let mut buf = std::mem::take(&mut out.assemble);
+            buf.clear();
+            buf.resize(40, 0);
+            let ok = match write_ip_header(&mut buf, src, dst, opened.next_header, payload.len()) {
+                Some(hl) => {
+                    buf.truncate(hl);
+                    buf.extend_from_slice(payload);
+                    if sa.udp_encap() {
+                        // Behind NAT the peer computed its TCP/UDP checksum over its own,
+                        // private addresses (RFC 3948 section 3.1.2): recompute it over the
+                        // addresses we deliver.
+                        recompute_l4_checksum(&mut buf);
                     }
-                    None => false,
+                    out.push(shared, &buf);
+                    true
                 }
+                None => false,
             };
+            out.assemble = buf;
             if !ok {
-                out.n -= 1;
                 add(&c.drop_malformed_inner, 1);
                 return;
             }

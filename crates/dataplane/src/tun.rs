@@ -1,14 +1,11 @@
 //! The TUN edge (tun-rs): create and configure the interface, read batches of packets (offload
-//! super-frames split into MTU-sized packets by tun-rs), write batches (coalesced by its GRO
-//! table when offload is on).
+//! super-frames split into MTU-sized packets by tun-rs), write frames (coalesced by `gro` when
+//! offload is on).
 
 use crate::config::TunConfig;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use tun_rs::{DeviceBuilder, GROTable, SyncDevice, VIRTIO_NET_HDR_LEN};
-
-/// Bytes every TUN write buffer keeps free in front of the packet (the virtio-net header).
-pub const TUN_WRITE_HEADROOM: usize = VIRTIO_NET_HDR_LEN;
+use tun_rs::{DeviceBuilder, SyncDevice, VIRTIO_NET_HDR_LEN};
 
 /// Size of the buffer one offload read needs (virtio header + a 64 KiB super-frame).
 pub const TUN_SCRATCH_LEN: usize = VIRTIO_NET_HDR_LEN + 65535;
@@ -87,21 +84,8 @@ impl Tun {
         Ok(n)
     }
 
-    /// Write the packets `bufs[i][offset..]` (each buffer's length is its packet's end; `offset`
-    /// >= `TUN_WRITE_HEADROOM`). With offload, TCP/UDP segments of a flow are coalesced first.
-    pub fn send_batch(&self, gro: &mut GROTable, bufs: &mut [Vec<u8>], offset: usize) -> io::Result<usize> {
-        if self.offload {
-            self.dev.send_multiple(gro, bufs, offset)
-        } else {
-            let mut total = 0;
-            let mut err = Ok(());
-            for b in bufs.iter() {
-                match self.dev.send(&b[offset..]) {
-                    Ok(k) => total += k,
-                    Err(e) => err = Err(e),
-                }
-            }
-            err.map(|_| total)
-        }
+    /// Write one frame: with offload, a virtio-net header followed by the packet (see `gro`).
+    pub fn write_frame(&self, frame: &[u8]) -> io::Result<usize> {
+        self.dev.send(frame)
     }
 }
