@@ -28,7 +28,12 @@ impl Sum {
         let mut last = [0u8; 16];
         last[..rest.len()].copy_from_slice(rest);
         for (i, lane) in lanes.iter_mut().enumerate() {
-            *lane += u64::from(u32::from_ne_bytes([last[4 * i], last[4 * i + 1], last[4 * i + 2], last[4 * i + 3]]));
+            *lane += u64::from(u32::from_ne_bytes([
+                last[4 * i],
+                last[4 * i + 1],
+                last[4 * i + 2],
+                last[4 * i + 3],
+            ]));
         }
         let mut acc = self.0;
         for lane in lanes {

@@ -106,7 +106,7 @@ impl Coalescer {
         }
     }
 
-    /// No frame is free: write the frames out (`frames`, then `clear`) before the next `push`.
+    /// No frame is free: write the frames out (`drain`) before the next `push`.
     pub fn is_full(&self) -> bool {
         self.used == self.frames.len()
     }
