@@ -14,6 +14,7 @@ use std::time::Instant;
 use quinn_udp::RecvMeta;
 use tandem_esp::error::DropReason;
 use tandem_esp::esp_packet::peek_spi;
+use tandem_esp::gro::{self, Coalescer};
 use tandem_esp::ip::{recompute_l4_checksum, write_ip_header};
 use tandem_esp::open::open_sa;
 use tandem_esp::sa::Mode;
@@ -22,7 +23,6 @@ use tandem_esp::sad::SadSnapshot;
 use crate::counters::add;
 use crate::demux::{classify, NattKind};
 use crate::events::{DataplaneEvent, InvalidSpiLimiter};
-use crate::gro::{self, Coalescer};
 use crate::raw::RawEspSocket;
 use crate::shared::{Shared, TunTable};
 use crate::sys::MMSG_BATCH;
@@ -34,6 +34,9 @@ const UDP_SLOTS: usize = 8;
 const UDP_SLOT_LEN: usize = 64 * 1500;
 /// Raw socket datagrams per call.
 const RAW_SLOT_LEN: usize = 2048;
+// The frames' header is the one the TUN was opened with.
+const _: () = assert!(gro::HDR == tun_rs::VIRTIO_NET_HDR_LEN);
+
 /// TUN frames per batch (a frame holds one packet or a coalesced flow of up to 64 KiB).
 const TUN_BATCH: usize = 128;
 /// Receive calls per socket before looking at the other sockets.

@@ -13,11 +13,9 @@
 pub mod acquire;
 pub mod config;
 pub mod counters;
-mod csum;
 pub mod demux;
 mod egress;
 pub mod events;
-mod gro;
 mod handle;
 mod inbound;
 pub mod install;

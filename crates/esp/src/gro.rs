@@ -14,10 +14,10 @@
 //! of the flow that cannot merge ends its frame and later segments start a new one.
 
 use crate::csum::{pseudo_header, Sum};
-use tun_rs::VIRTIO_NET_HDR_LEN;
 
-/// Bytes of the virtio-net header in front of every frame written to an offload TUN.
-pub const HDR: usize = VIRTIO_NET_HDR_LEN;
+/// Bytes of the virtio-net header (`struct virtio_net_hdr`, without `num_buffers`) in front of
+/// every frame written to a TUN opened with IFF_VNET_HDR.
+pub const HDR: usize = 10;
 /// The largest IP packet (IPv4 total length, IPv6 payload length are 16-bit).
 const MAX_IP: usize = 65535;
 /// Flows remembered per batch; the oldest is forgotten beyond this (its next segment then starts
@@ -296,7 +296,7 @@ fn same_headers(first: &[u8], pkt: &[u8], seg: &Segment) -> bool {
 /// Whether the TCP checksum of the IP packet `pkt` is right.
 fn l4_checksum_ok(pkt: &[u8], seg: &Segment) -> bool {
     let l4 = &pkt[seg.iph..];
-    pseudo_header(pkt, seg.key.v6, 6, l4.len() as u16).add(l4).is_valid()
+    pseudo_header(pkt, seg.key.v6, 6, l4.len() as u16).add_bytes(l4).is_valid()
 }
 
 /// Turn a frame of merged segments into a GSO packet: IP length (and IPv4 header checksum), the
@@ -312,7 +312,7 @@ fn finish_gso_frame(buf: &mut [u8], head: &Segment) {
     } else {
         pkt[2..4].copy_from_slice(&(total as u16).to_be_bytes());
         pkt[10..12].copy_from_slice(&[0, 0]);
-        let c = Sum::default().add(&pkt[..20]).checksum_bytes();
+        let c = Sum::default().add_bytes(&pkt[..20]).checksum_bytes();
         pkt[10..12].copy_from_slice(&c);
     }
     let at = head.iph + usize::from(CSUM_OFFSET);

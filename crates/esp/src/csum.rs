@@ -11,7 +11,7 @@ impl Sum {
     /// Add `data`. Every part but the last must have an even length, so 16-bit words stay aligned
     /// across parts (packet headers and payloads do).
     #[inline]
-    pub fn add(self, data: &[u8]) -> Sum {
+    pub fn add_bytes(self, data: &[u8]) -> Sum {
         // 32-bit words added into four independent 64-bit lanes: no carry chain, and the loop
         // vectorises. A 32-bit word is two 16-bit words with 2^16 = 1 (mod 2^16 - 1), so the
         // lanes fold to the same one's complement sum. 2^32 additions would be needed to
@@ -46,7 +46,7 @@ impl Sum {
     /// Add a 16-bit big-endian value (a protocol number, a length).
     #[inline]
     pub fn add_u16(self, v: u16) -> Sum {
-        self.add(&v.to_be_bytes())
+        self.add_bytes(&v.to_be_bytes())
     }
 
     /// The folded 16-bit sum as the two bytes to store in a packet (not complemented).
@@ -75,7 +75,7 @@ impl Sum {
 /// (IPv4 or IPv6, addresses read from it) and an L4 length.
 pub fn pseudo_header(pkt: &[u8], v6: bool, protocol: u8, l4_len: u16) -> Sum {
     let addrs = if v6 { &pkt[8..40] } else { &pkt[12..20] };
-    Sum::default().add(addrs).add_u16(u16::from(protocol)).add_u16(l4_len)
+    Sum::default().add_bytes(addrs).add_u16(u16::from(protocol)).add_u16(l4_len)
 }
 
 #[cfg(test)]
@@ -100,7 +100,7 @@ mod tests {
     #[test]
     fn rfc1071_example() {
         // RFC 1071 section 3: 00 01 f2 03 f4 f5 f6 f7 sums to ddf2.
-        let s = Sum::default().add(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]);
+        let s = Sum::default().add_bytes(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]);
         assert_eq!(u16::from_be_bytes(s.folded_bytes()), 0xddf2);
         assert_eq!(s.checksum_bytes(), [!0xdd, !0xf2]);
     }
@@ -112,10 +112,10 @@ mod tests {
             0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0xb8, 0x61, 0xc0, 0xa8, 0x00, 0x01,
             0xc0, 0xa8, 0x00, 0xc7,
         ];
-        assert!(Sum::default().add(&h).is_valid());
+        assert!(Sum::default().add_bytes(&h).is_valid());
         let mut bad = h;
         bad[15] ^= 1;
-        assert!(!Sum::default().add(&bad).is_valid());
+        assert!(!Sum::default().add_bytes(&bad).is_valid());
     }
 
     proptest! {
@@ -124,7 +124,7 @@ mod tests {
             a in proptest::collection::vec(any::<u8>(), 0..64).prop_map(|mut v| { v.truncate(v.len() & !1); v }),
             b in proptest::collection::vec(any::<u8>(), 0..3000),
         ) {
-            let s = Sum::default().add(&a).add(&b);
+            let s = Sum::default().add_bytes(&a).add_bytes(&b);
             prop_assert_eq!(u16::from_be_bytes(s.folded_bytes()), reference(&[&a, &b]));
         }
     }

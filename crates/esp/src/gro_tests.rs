@@ -17,7 +17,7 @@ fn tcp4(sport: u16, seq: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
     p[9] = 6;
     p[12..16].copy_from_slice(&A);
     p[16..20].copy_from_slice(&B);
-    let c = Sum::default().add(&p[..20]).checksum_bytes();
+    let c = Sum::default().add_bytes(&p[..20]).checksum_bytes();
     p[10..12].copy_from_slice(&c);
     p[20..22].copy_from_slice(&sport.to_be_bytes());
     p[22..24].copy_from_slice(&5201u16.to_be_bytes());
@@ -58,7 +58,7 @@ fn fix_l4(p: &mut [u8], iph: usize, proto: u8, v6: bool) {
     let at = iph + if proto == 6 { 16 } else { 6 };
     p[at..at + 2].copy_from_slice(&[0, 0]);
     let len = (p.len() - iph) as u16;
-    let c = pseudo_header(p, v6, proto, len).add(&p[iph..]).checksum_bytes();
+    let c = pseudo_header(p, v6, proto, len).add_bytes(&p[iph..]).checksum_bytes();
     p[at..at + 2].copy_from_slice(&c);
 }
 
@@ -107,7 +107,7 @@ fn split(frame: &[u8]) -> Vec<Vec<u8>> {
     let expect = pseudo_header(pkt, v6, proto, (pkt.len() - iph) as u16).folded_bytes();
     assert_eq!(pkt[at..at + 2], expect, "pseudo-header checksum in the frame");
     if !v6 {
-        assert!(Sum::default().add(&pkt[..20]).is_valid(), "IPv4 header checksum of the frame");
+        assert!(Sum::default().add_bytes(&pkt[..20]).is_valid(), "IPv4 header checksum of the frame");
         assert_eq!(usize::from(u16::from_be_bytes([pkt[2], pkt[3]])), pkt.len());
     }
     let data = &pkt[h.hdr_len..];
@@ -124,7 +124,7 @@ fn split(frame: &[u8]) -> Vec<Vec<u8>> {
             let total = p.len() as u16;
             p[2..4].copy_from_slice(&total.to_be_bytes());
             p[10..12].copy_from_slice(&[0, 0]);
-            let s = Sum::default().add(&p[..20]).checksum_bytes();
+            let s = Sum::default().add_bytes(&p[..20]).checksum_bytes();
             p[10..12].copy_from_slice(&s);
         }
         p[iph + 4..iph + 8].copy_from_slice(&seq.to_be_bytes());
