@@ -16,7 +16,8 @@ fuzz_target!(|data: &[u8]| {
     let check = |c: &mut Coalescer, out: &mut usize| {
         let expected = c.packets();
         let mut got = 0;
-        c.drain(|f| {
+        c.drain(|f, segs| {
+            let before = got;
             assert!(f.len() <= HDR + 65535);
             if vnet && f[1] != 0 {
                 let hdr_len = usize::from(u16::from_le_bytes([f[2], f[3]]));
@@ -26,6 +27,7 @@ fuzz_target!(|data: &[u8]| {
             } else {
                 got += 1;
             }
+            assert_eq!(got - before, segs, "the count drain reports");
         });
         assert_eq!(got, expected, "packets in = segments out");
         *out += got;

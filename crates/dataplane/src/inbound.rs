@@ -71,16 +71,20 @@ impl TunOut {
             return;
         }
         let c = &shared.counters;
-        add(&c.tun_tx_packets, self.frames.packets() as u64);
-        let (tun, mut bytes, mut errors) = (&self.tun, 0u64, 0u64);
+        let (tun, mut packets, mut bytes, mut errors) = (&self.tun, 0u64, 0u64, 0u64);
         let header = if tun.offload() { gro::HDR } else { 0 };
-        self.frames.drain(|frame| match tun.write_frame(frame) {
-            Ok(_) => bytes += (frame.len() - header) as u64,
+        // Counted per packet, as before coalescing: a failed frame loses all it carries.
+        self.frames.drain(|frame, segs| match tun.write_frame(frame) {
+            Ok(_) => {
+                packets += segs as u64;
+                bytes += (frame.len() - header) as u64;
+            }
             Err(e) => {
                 tracing::debug!(target: "dataplane", "TUN write: {e}");
-                errors += 1;
+                errors += segs as u64;
             }
         });
+        add(&c.tun_tx_packets, packets);
         add(&c.tun_tx_bytes, bytes);
         add(&c.tun_write_errors, errors);
     }

@@ -211,13 +211,14 @@ impl Coalescer {
     }
 
     /// Finish the headers of every frame and hand each (virtio-net header included when the TUN
-    /// has one) to `write`, in order. The batch is empty afterwards.
-    pub fn drain(&mut self, mut write: impl FnMut(&[u8])) {
+    /// has one) to `write` with the number of packets it carries, in order. The batch is empty
+    /// afterwards.
+    pub fn drain(&mut self, mut write: impl FnMut(&[u8], usize)) {
         for f in &mut self.frames[..self.used] {
             if let (Some(head), true) = (f.head, f.segs > 1) {
                 finish_gso_frame(&mut f.buf, &head);
             }
-            write(&f.buf);
+            write(&f.buf, usize::from(f.segs));
         }
         self.used = 0;
         self.flows.clear();

@@ -64,7 +64,7 @@ fn fix_l4(p: &mut [u8], iph: usize, proto: u8, v6: bool) {
 
 fn frames(c: &mut Coalescer) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
-    c.drain(|f| out.push(f.to_vec()));
+    c.drain(|f, _| out.push(f.to_vec()));
     out
 }
 
@@ -300,12 +300,12 @@ proptest! {
                 p[40] ^= 0x10;
             }
             if c.is_full() {
-                c.drain(|f| out.push(f.to_vec()));
+                c.drain(|f, _| out.push(f.to_vec()));
             }
             prop_assert!(c.push(&p));
             sent.push(p);
         }
-        c.drain(|f| out.push(f.to_vec()));
+        c.drain(|f, _| out.push(f.to_vec()));
         let mut back = Vec::new();
         for f in &out {
             let pieces = split(f);
