@@ -13,7 +13,8 @@
 //! written alone and the kernel drops it as it would have. Order within a flow is kept: a packet
 //! of the flow that cannot merge ends its frame and later segments start a new one.
 
-use crate::csum::{pseudo_header, Sum};
+use crate::csum::pseudo_header;
+use crate::ip::fix_ip_header;
 
 /// Bytes of the virtio-net header (`struct virtio_net_hdr`, without `num_buffers`) in front of
 /// every frame written to a TUN opened with IFF_VNET_HDR.
@@ -306,16 +307,9 @@ fn l4_checksum_ok(pkt: &[u8], seg: &Segment) -> bool {
 fn finish_gso_frame(buf: &mut [u8], head: &Segment) {
     const CSUM_OFFSET: u16 = 16;
     let pkt = &mut buf[HDR..];
-    let total = pkt.len();
-    let l4_len = (total - head.iph) as u16;
-    if head.key.v6 {
-        pkt[4..6].copy_from_slice(&l4_len.to_be_bytes());
-    } else {
-        pkt[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-        pkt[10..12].copy_from_slice(&[0, 0]);
-        let c = Sum::default().add_bytes(&pkt[..20]).checksum_bytes();
-        pkt[10..12].copy_from_slice(&c);
-    }
+    let l4_len = (pkt.len() - head.iph) as u16;
+    // Length fields (and the IPv4 header checksum) for the grown packet; the protocol stays TCP.
+    fix_ip_header(pkt, if head.key.v6 { 6 } else { 9 }, 6);
     let at = head.iph + usize::from(CSUM_OFFSET);
     let partial = pseudo_header(pkt, head.key.v6, 6, l4_len).folded_bytes();
     pkt[at..at + 2].copy_from_slice(&partial);

@@ -2,6 +2,7 @@
 //! splits every frame back the way the kernel does and compares each flow's packets with the input.
 
 use super::*;
+use crate::csum::Sum;
 use proptest::prelude::*;
 
 const A: [u8; 4] = [10, 0, 0, 1];

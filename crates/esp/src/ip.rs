@@ -3,6 +3,7 @@
 //! fixing the header after the protocol changed (IPv4 total length and checksum, IPv6 payload length),
 //! plus recomputing TCP/UDP checksums when NAT changed the addresses (RFC 3948 section 3.1.2).
 
+use crate::csum::{pseudo_header, Sum};
 use crate::selector::is_ipv6_ext;
 
 /// Where the upper-layer payload of an IP packet starts and which byte holds its protocol number.
@@ -94,8 +95,8 @@ pub fn fix_ip_header(pkt: &mut [u8], protocol_offset: usize, protocol: u8) -> bo
             pkt[protocol_offset] = protocol;
             pkt[2..4].copy_from_slice(&total.to_be_bytes());
             pkt[10..12].copy_from_slice(&[0, 0]);
-            let sum = !fold(sum16(&pkt[..ihl], 0));
-            pkt[10..12].copy_from_slice(&sum.to_be_bytes());
+            let sum = Sum::default().add_bytes(&pkt[..ihl]).checksum_bytes();
+            pkt[10..12].copy_from_slice(&sum);
             true
         }
         6 => {
@@ -109,25 +110,6 @@ pub fn fix_ip_header(pkt: &mut [u8], protocol_offset: usize, protocol: u8) -> bo
         }
         _ => false,
     }
-}
-
-/// One's complement sum of `data` as 16-bit big-endian words, added to `acc` (not folded).
-fn sum16(data: &[u8], mut acc: u64) -> u64 {
-    let mut chunks = data.chunks_exact(2);
-    for c in &mut chunks {
-        acc += u64::from(u16::from_be_bytes([c[0], c[1]]));
-    }
-    if let [last] = chunks.remainder() {
-        acc += u64::from(*last) << 8;
-    }
-    acc
-}
-
-fn fold(mut acc: u64) -> u16 {
-    while acc > 0xffff {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    acc as u16
 }
 
 /// Recomputes the TCP or UDP checksum of a whole IP packet from its current addresses (transport
@@ -150,15 +132,13 @@ pub fn recompute_l4_checksum(pkt: &mut [u8]) -> bool {
     if v4 && proto == 17 && pkt[hl + 6..hl + 8] == [0, 0] {
         return true;
     }
-    let mut acc = if v4 { sum16(&pkt[12..20], 0) } else { sum16(&pkt[8..40], 0) };
-    acc += u64::from(proto) + l4_len as u64;
+    let Ok(l4_len16) = u16::try_from(l4_len) else { return false };
     pkt[hl + csum_at..hl + csum_at + 2].copy_from_slice(&[0, 0]);
-    acc = sum16(&pkt[hl..total], acc);
-    let mut sum = !fold(acc);
-    if proto == 17 && sum == 0 {
-        sum = 0xffff;
+    let mut sum = pseudo_header(pkt, !v4, proto, l4_len16).add_bytes(&pkt[hl..total]).checksum_bytes();
+    if proto == 17 && sum == [0, 0] {
+        sum = [0xff, 0xff];
     }
-    pkt[hl + csum_at..hl + csum_at + 2].copy_from_slice(&sum.to_be_bytes());
+    pkt[hl + csum_at..hl + csum_at + 2].copy_from_slice(&sum);
     true
 }
 
@@ -182,8 +162,8 @@ pub fn write_ip_header(
             h[2..4].copy_from_slice(&total.to_be_bytes());
             h[12..16].copy_from_slice(&s.octets());
             h[16..20].copy_from_slice(&d.octets());
-            let sum = !fold(sum16(h, 0));
-            h[10..12].copy_from_slice(&sum.to_be_bytes());
+            let sum = Sum::default().add_bytes(h).checksum_bytes();
+            h[10..12].copy_from_slice(&sum);
             Some(20)
         }
         (IpAddr::V6(s), IpAddr::V6(d)) => {
@@ -215,12 +195,10 @@ mod tests {
     #[test]
     fn ipv4_header_checksum_verifies() {
         let p = udp4();
-        assert_eq!(fold(sum16(&p[..20], 0)), 0xffff);
+        assert!(Sum::default().add_bytes(&p[..20]).is_valid());
         assert_eq!(ip_packet_len(&p), Some(32));
         // UDP checksum verifies over pseudo header + segment.
-        let mut acc = sum16(&p[12..20], 0) + 17 + 12;
-        acc = sum16(&p[20..], acc);
-        assert_eq!(fold(acc), 0xffff);
+        assert!(pseudo_header(&p, false, 17, 12).add_bytes(&p[20..]).is_valid());
     }
 
     #[test]
