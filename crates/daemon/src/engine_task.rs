@@ -316,7 +316,11 @@ impl EngineTask {
     }
 
     fn esp(&self) -> Result<&Esp, String> {
-        self.esp.as_ref().ok_or_else(|| "the ESP dataplane is disabled ([dataplane] enabled = false)".into())
+        self.esp.as_ref().ok_or_else(dataplane_disabled)
+    }
+
+    fn esp_mut(&mut self) -> Result<&mut Esp, String> {
+        self.esp.as_mut().ok_or_else(dataplane_disabled)
     }
 
     /// `delete ipsec-sa --spi`: a negotiated CHILD SA is deleted through IKE (the peer is told,
@@ -328,14 +332,13 @@ impl EngineTask {
         let child = self.endpoint.child_sas().into_iter().find(|c| c.spi_in == spi || c.spi_out == spi);
         if let Some(c) = child {
             if local_only {
-                let esp = self.esp.as_mut().ok_or("no dataplane")?;
-                esp.handle().remove_sa(c.spi_in);
+                self.esp_mut()?.handle().remove_sa(c.spi_in);
                 info!(target: "esp", spi_in = format_args!("{:#010x}", c.spi_in), "SA removed from the dataplane only");
                 return Ok(());
             }
             return self.endpoint.terminate_child_sa(now, c.spi_in).map_err(|e| e.to_string());
         }
-        let esp = self.esp.as_mut().ok_or("no dataplane")?;
+        let esp = self.esp_mut()?;
         if esp.remove_manual(spi) || esp.handle().remove_sa(spi) {
             return Ok(());
         }
@@ -348,7 +351,7 @@ impl EngineTask {
         for c in &children {
             let _ = self.endpoint.terminate_child_sa(now, c.spi_in);
         }
-        let esp = self.esp.as_mut().ok_or("no dataplane")?;
+        let esp = self.esp_mut()?;
         let manual = esp.flush_manual();
         // Whatever is left (e.g. a rekeyed SA lingering for packets in flight).
         let rest = esp.handle().flush_sas();
@@ -406,4 +409,8 @@ async fn recv_opt<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
+}
+
+fn dataplane_disabled() -> String {
+    "the ESP dataplane is disabled ([dataplane] enabled = false)".into()
 }
