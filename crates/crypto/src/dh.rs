@@ -2,7 +2,7 @@
 //! (RFC 8031), with the KE payload encodings IKEv2 uses.
 
 use crate::alg::DhGroup;
-use crate::random::fill_random;
+use crate::random::Random;
 use crate::CryptoError;
 use aws_lc_rs::agreement::{self, UnparsedPublicKey};
 use crypto_bigint::modular::{BoxedMontyForm, BoxedMontyParams};
@@ -64,15 +64,27 @@ fn modp_params(group: DhGroup) -> (BoxedMontyParams, u32) {
 }
 
 impl KeyExchange {
-    /// A fresh private key for `group`.
-    pub fn generate(group: DhGroup) -> Result<KeyExchange, CryptoError> {
+    /// A fresh private key for `group`, drawn from `rng` (so a seeded simulation reproduces it).
+    /// ECDH keys are built from drawn scalar bytes; a draw the curve rejects (a P-256 or P-384
+    /// scalar at or above the group order, probability below 2^-32) is drawn again.
+    pub fn generate(group: DhGroup, rng: &mut dyn Random) -> Result<KeyExchange, CryptoError> {
         if let Some(alg) = ecdh_alg(group) {
-            let key = agreement::PrivateKey::generate(alg).map_err(|_| CryptoError::KeyGeneration)?;
-            return Self::from_ecdh(group, key);
+            let len = match group {
+                DhGroup::Ecp384 => 48,
+                _ => 32,
+            };
+            let mut raw = Zeroizing::new(vec![0u8; len]);
+            for _ in 0..64 {
+                rng.fill(&mut raw);
+                if let Ok(key) = agreement::PrivateKey::from_private_key(alg, &raw) {
+                    return Self::from_ecdh(group, key);
+                }
+            }
+            return Err(CryptoError::KeyGeneration);
         }
         let (params, bits) = modp_params(group);
         let mut raw = Zeroizing::new(vec![0u8; (MODP_EXPONENT_BITS / 8) as usize]);
-        fill_random(&mut raw);
+        rng.fill(&mut raw);
         raw[0] |= 0x80; // full-length exponent
         let exponent =
             BoxedUint::from_be_slice(&raw, MODP_EXPONENT_BITS).map_err(|_| CryptoError::KeyGeneration)?;
@@ -156,8 +168,8 @@ mod tests {
     #[test]
     fn every_group_agrees() {
         for g in DhGroup::ALL {
-            let a = KeyExchange::generate(g).unwrap();
-            let b = KeyExchange::generate(g).unwrap();
+            let a = KeyExchange::generate(g, &mut crate::OsRandom).unwrap();
+            let b = KeyExchange::generate(g, &mut crate::OsRandom).unwrap();
             assert_eq!(a.public_value().len(), g.public_len(), "{g:?}");
             let s1 = a.compute_shared(b.public_value()).unwrap();
             let s2 = b.compute_shared(a.public_value()).unwrap();
@@ -168,7 +180,7 @@ mod tests {
 
     #[test]
     fn modp_rejects_degenerate_values() {
-        let a = KeyExchange::generate(DhGroup::Modp2048).unwrap();
+        let a = KeyExchange::generate(DhGroup::Modp2048, &mut crate::OsRandom).unwrap();
         let mut one = vec![0u8; 256];
         one[255] = 1;
         assert!(a.compute_shared(&one).is_err());
@@ -177,7 +189,7 @@ mod tests {
 
     #[test]
     fn ecp_rejects_points_off_the_curve() {
-        let a = KeyExchange::generate(DhGroup::Ecp256).unwrap();
+        let a = KeyExchange::generate(DhGroup::Ecp256, &mut crate::OsRandom).unwrap();
         assert!(a.compute_shared(&[7u8; 64]).is_err());
     }
 

@@ -17,7 +17,7 @@ pub use keys::{
 };
 pub use prf::{integ_compute, integ_verify, prf, prf_parts, prf_plus};
 pub use proposal::{parse_esp_proposal, parse_ike_proposal, ProposalError};
-pub use random::{fill_random, random_u32, random_u64, random_vec};
+pub use random::{OsRandom, Random, SeededRandom};
 pub use sk::SkCrypter;
 
 /// Errors of cryptographic operations. Messages never include key material.

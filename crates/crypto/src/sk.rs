@@ -9,7 +9,7 @@
 
 use crate::alg::{EncrAlg, IntegAlg};
 use crate::prf::{integ_compute, integ_verify};
-use crate::random::fill_random;
+use crate::random::Random;
 use crate::CryptoError;
 use aws_lc_rs::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
 use aws_lc_rs::cipher::{
@@ -119,7 +119,14 @@ impl SkCrypter {
     }
 
     /// Encrypt and authenticate `plaintext` into `out_body`, which must be exactly `body_len` bytes.
-    pub fn seal(&self, prefix: &[u8], plaintext: &[u8], out_body: &mut [u8]) -> Result<(), CryptoError> {
+    /// The IV is drawn from `rng`.
+    pub fn seal(
+        &self,
+        prefix: &[u8],
+        plaintext: &[u8],
+        out_body: &mut [u8],
+        rng: &mut dyn Random,
+    ) -> Result<(), CryptoError> {
         if out_body.len() != self.body_len(plaintext.len()) {
             return Err(CryptoError::BadLength);
         }
@@ -127,7 +134,7 @@ impl SkCrypter {
         let padded = self.padded_len(plaintext.len());
         let (iv, rest) = out_body.split_at_mut(iv_len);
         let (ct, icv) = rest.split_at_mut(padded);
-        fill_random(iv);
+        rng.fill(iv);
         ct[..plaintext.len()].copy_from_slice(plaintext);
         let pad = padded - plaintext.len() - 1;
         for (i, b) in ct[plaintext.len()..padded - 1].iter_mut().enumerate() {
@@ -239,7 +246,7 @@ mod tests {
                 let plain: Vec<u8> = (0..len as u8).collect();
                 let prefix = b"ike header and sk header....";
                 let mut body = vec![0u8; c.body_len(len)];
-                c.seal(prefix, &plain, &mut body).unwrap();
+                c.seal(prefix, &plain, &mut body, &mut crate::OsRandom).unwrap();
                 assert_eq!(*c.open(prefix, &body).unwrap(), plain, "{e:?} {i:?} {len}");
                 let mut bad = body.clone();
                 let last = bad.len() - 1;

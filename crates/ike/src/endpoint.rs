@@ -12,6 +12,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 use tandem_wire::{emit_payloads, flags, Encrypted, ExchangeType, IkeHeader, Message, Payload, PayloadType};
+use tandem_crypto::Random;
 use tracing::{debug, info, warn};
 
 /// Errors of operator commands (datagram problems are counted and logged, never returned).
@@ -68,13 +69,30 @@ pub struct Endpoint {
     /// vpns to initiate again at the given time (restart actions).
     pub(crate) restarts: Vec<(Instant, String)>,
     pub(crate) now: Option<Instant>,
+    /// IKE SAs created while another SA was being handled, committed by `finish`.
+    pub(crate) spawned: Vec<IkeSa>,
+    /// The one source of randomness (see `with_random`).
+    pub(crate) rng: Box<dyn Random>,
 }
 
 impl Endpoint {
+    /// An endpoint drawing its randomness from the operating system.
     pub fn new(config: EndpointConfig, peers: Vec<PeerConfig>, psks: Vec<PreSharedKey>) -> Self {
-        let mut cookie_secret = [0u8; 32];
-        tandem_crypto::fill_random(&mut cookie_secret);
+        Self::with_random(config, peers, psks, Box::new(tandem_crypto::OsRandom))
+    }
+
+    /// An endpoint drawing every nonce, SPI, private key, IV, jitter and its cookie secret from
+    /// `rng`: with a seeded generator and an injected clock, a run is reproducible bit for bit.
+    pub fn with_random(
+        config: EndpointConfig,
+        peers: Vec<PeerConfig>,
+        psks: Vec<PreSharedKey>,
+        mut rng: Box<dyn Random>,
+    ) -> Self {
+        let cookie_secret = rng.seed();
         Endpoint {
+            rng,
+            spawned: Vec::new(),
             spis: SpiAllocator::new(config.node_id),
             config,
             peers,
@@ -340,7 +358,7 @@ impl Endpoint {
 
     /// Encrypt `payloads` into a message of `sa`.
     pub(crate) fn seal(
-        &self,
+        &mut self,
         sa: &IkeSa,
         exchange: ExchangeType,
         response: bool,
@@ -357,7 +375,7 @@ impl Endpoint {
         let header = IkeHeader::new(sa.spi_i, sa.spi_r, exchange, fl, message_id);
         let whole = IkeHeader::LEN + 4 + body_len;
         if sa.frag_supported && whole > self.config.fragment_size {
-            return fragment(&c.outbound, header, first, &inner, self.config.fragment_size);
+            return fragment(&c.outbound, header, first, &inner, self.config.fragment_size, &mut *self.rng);
         }
         let mut bytes = Message {
             header,
@@ -369,7 +387,7 @@ impl Endpoint {
         .emit();
         let split = bytes.len() - body_len;
         let (prefix, body) = bytes.split_at_mut(split);
-        if c.outbound.seal(prefix, &inner, body).is_err() {
+        if c.outbound.seal(prefix, &inner, body, &mut *self.rng).is_err() {
             return Vec::new();
         }
         vec![bytes]
@@ -418,6 +436,11 @@ impl Endpoint {
             }
         }
         self.sas.insert(sa.id, sa);
+        // IKE SAs born of this turn (rekeys) take the same path: queued work starts, the observer
+        // hears of them.
+        while let Some(new) = self.spawned.pop() {
+            self.finish(now, new);
+        }
     }
 
     fn start_queued(&mut self, now: Instant, sa: &mut IkeSa, q: Queued) {
@@ -461,7 +484,7 @@ impl Endpoint {
     pub(crate) fn drop_sa(&mut self, sa: &mut IkeSa, reason: DownReason) {
         let vpn = sa.vpn.clone().unwrap_or_default();
         if !sa.superseded {
-            for c in std::mem::take(&mut sa.children) {
+            for c in std::mem::take(&mut sa.children).into_iter().filter(|c| c.announced) {
                 self.events.push_back(Event::ChildSaDown {
                     ike_sa: sa.id,
                     vpn: vpn.clone(),
@@ -485,7 +508,7 @@ impl Endpoint {
         if let Some(obs) = self.observer.as_mut() {
             obs.ike_sa_removed(sa.id);
         }
-        if reason == DownReason::PeerDead || reason == DownReason::PeerDelete {
+        if !sa.superseded && (reason == DownReason::PeerDead || reason == DownReason::PeerDelete) {
             if let Some(p) = sa.vpn.as_ref().and_then(|v| self.peer(v)) {
                 if sa.initiator || p.remote_addr.is_some() {
                     let action = if reason == DownReason::PeerDead {
@@ -575,6 +598,16 @@ impl Endpoint {
             self.drop_sa(sa, DownReason::Expired);
             return true;
         }
+        if sa.retire_at.is_some_and(|t| t <= now) {
+            sa.retire_at = None;
+            if sa.superseded && sa.state == SaState::Established {
+                debug!(target: "ike", sa = format_args!("{:#018x}", sa.id), "superseded IKE SA not deleted by the peer: deleting it");
+                sa.queue.retain(|q| matches!(q, Queued::DeleteIke));
+                if sa.queue.is_empty() {
+                    self.enqueue(now, sa, Queued::DeleteIke);
+                }
+            }
+        }
         if sa.rekey_at.is_some_and(|t| t <= now) {
             sa.rekey_at = None;
             let reauth = sa.vpn.as_ref().and_then(|v| self.peer(v)).is_some_and(|p| p.reauth);
@@ -590,15 +623,38 @@ impl Endpoint {
         }
         let mut rekeys = Vec::new();
         let mut expired = Vec::new();
+        let mut retired = Vec::new();
         for c in sa.children.iter_mut() {
             if c.expire_at.is_some_and(|t| t <= now) {
                 c.expire_at = None;
-                expired.push(c.spi_in);
+                // Row C7: a replaced or redundant SA goes locally, without a Delete that could
+                // race the peer's own rekey or Delete of it.
+                if c.live() {
+                    expired.push(c.spi_in);
+                } else {
+                    retired.push(c.spi_in);
+                }
             } else if c.rekey_at.is_some_and(|t| t <= now) {
                 c.rekey_at = None;
-                if !c.rekeyed {
+                if c.live() && c.peer_successor.is_none() {
                     rekeys.push((c.name.clone(), c.spi_in));
                 }
+            }
+        }
+        for spi in retired {
+            self.remove_child(sa, spi, DownReason::Expired);
+        }
+        // A CHILD SA whose predecessor is still here is not rekeyed yet: the rekey that made it
+        // has not concluded, and the peer may not even know it (our response can still be in
+        // flight). Look again shortly.
+        let (ready, postponed): (Vec<_>, Vec<_>) = rekeys.into_iter().partition(|(_, spi)| {
+            let made_by = sa.children.iter().find(|c| c.spi_in == *spi).and_then(|c| c.replaces);
+            !made_by.is_some_and(|old| sa.children.iter().any(|c| c.spi_in == old))
+        });
+        let rekeys = ready;
+        for (_, spi) in postponed {
+            if let Some(c) = sa.children.iter_mut().find(|c| c.spi_in == spi) {
+                c.rekey_at = Some(now + Duration::from_secs(1));
             }
         }
         for (name, spi) in rekeys {
@@ -636,7 +692,7 @@ impl Endpoint {
             }
             Some((id, SaState::Established)) => {
                 let Some(mut sa) = self.sas.remove(&id) else { return };
-                let up = sa.children.iter().any(|c| c.name == child && !c.rekeyed);
+                let up = sa.children.iter().any(|c| c.name == child && c.live());
                 let queued =
                     sa.queue.iter().any(|q| matches!(q, Queued::CreateChild { name, .. } if name == child));
                 if !up && !queued {
@@ -726,6 +782,12 @@ impl Endpoint {
 
     fn sa_of_child(&self, spi: u32) -> Option<IkeSaId> {
         self.sas.values().find(|sa| sa.child_by_spi(spi).is_some()).map(|sa| sa.id)
+    }
+
+    /// True when no IKE SA has a request outstanding or queued: nothing will happen until a
+    /// datagram, a command or a lifetime timer arrives (simulations check end states here).
+    pub fn is_idle(&self) -> bool {
+        self.sas.values().all(|sa| sa.rel.can_send() && sa.queue.is_empty())
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
@@ -839,6 +901,7 @@ fn fragment(
     first: PayloadType,
     inner: &[u8],
     size: usize,
+    rng: &mut dyn Random,
 ) -> Vec<Vec<u8>> {
     let fixed = IkeHeader::LEN + 8 + c.body_len(0) + 16;
     let chunk = size.saturating_sub(fixed).max(16);
@@ -859,7 +922,7 @@ fn fragment(
         .emit();
         let split = bytes.len() - body_len;
         let (prefix, body) = bytes.split_at_mut(split);
-        if c.seal(prefix, piece, body).is_err() {
+        if c.seal(prefix, piece, body, rng).is_err() {
             return Vec::new();
         }
         out.push(bytes);
@@ -868,10 +931,10 @@ fn fragment(
 }
 
 /// Jittered soft lifetime: `rekey - random(0..=rand)`.
-pub(crate) fn jitter(rekey: Duration, rand: Duration) -> Duration {
+pub(crate) fn jitter(rng: &mut dyn Random, rekey: Duration, rand: Duration) -> Duration {
     if rand.is_zero() {
         return rekey;
     }
-    let r = tandem_crypto::random_u64() % (rand.as_millis() as u64 + 1);
+    let r = rng.up_to(rand.as_millis() as u64);
     rekey.saturating_sub(Duration::from_millis(r))
 }

@@ -150,7 +150,7 @@ impl Endpoint {
         sa.established = Some(now);
         self.half_open.retain(|_, v| *v != sa.id);
         let lt = &peer.ike_lifetimes;
-        sa.rekey_at = lt.rekey_time.map(|r| now + jitter(r, lt.rand_time));
+        sa.rekey_at = lt.rekey_time.map(|r| now + jitter(&mut *self.rng, r, lt.rand_time));
         sa.expire_at = lt.life_time.map(|l| now + l);
         sa.dpd_at = peer.dpd_delay.map(|d| now + d);
         self.events.push_back(Event::IkeSaUp { ike_sa: sa.id, vpn: peer.name.clone() });

@@ -7,16 +7,32 @@ use crate::endpoint::{jitter, Endpoint};
 use crate::ex_auth::{mode_notify, wants_transport};
 use crate::ex_init::error_notify;
 use crate::proposal::{self, Selected};
+use crate::rekey_child::Collision;
 use crate::sa::{child_directions, ChildSa, IkeSa, PendingChild, PendingIkeRekey, Queued, Request, SaState};
 use std::time::Instant;
 use tandem_crypto::{
-    derive_child_keys, derive_rekeyed_ike_keys, random_vec, IkeSuite, KeyExchange, Proposal,
+    derive_child_keys, derive_rekeyed_ike_keys, IkeSuite, KeyExchange, Proposal,
 };
 use tandem_wire::{ExchangeType, Notify, NotifyType, Payload, ProtocolId, TrafficSelector};
 use tracing::{debug, info, warn};
 use zeroize::Zeroizing;
 
 const NONCE_LEN: usize = 32;
+
+/// How long a superseded IKE SA waits for the Delete its peer owes before we delete it ourselves
+/// (charon waits 30 s for a redundant SA's Delete).
+pub(crate) const SUPERSEDED_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How a negotiated CHILD SA enters the dataplane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Install {
+    /// Inbound and outbound at once.
+    Active,
+    /// Inbound at once; outbound once the peer's first packet arrives on it.
+    Deferred,
+    /// Not at all (a redundant SA deleted at once).
+    Not,
+}
 
 /// The responder nonce and optional PFS shared secret of a CREATE_CHILD_SA exchange.
 pub(crate) type ExchangeNonce = (Vec<u8>, Option<Zeroizing<Vec<u8>>>);
@@ -58,8 +74,8 @@ fn spi_u64(spi: &[u8]) -> Option<u64> {
 }
 
 impl Endpoint {
-    pub(crate) fn alloc_esp_spi(&self) -> u32 {
-        self.spis.esp_spi(|s| self.sas.values().any(|sa| sa.children.iter().any(|c| c.spi_in == s)))
+    pub(crate) fn alloc_esp_spi(&mut self) -> u32 {
+        self.spis.esp_spi(&mut *self.rng, |s| self.sas.values().any(|sa| sa.children.iter().any(|c| c.spi_in == s)))
     }
 
     /// SA, [Nonce, KE,] TSi, TSr and mode notify of a CHILD SA request.
@@ -108,6 +124,7 @@ impl Endpoint {
         keys: tandem_crypto::ChildKeys,
         we_initiated: bool,
         replaces: Option<u32>,
+        dataplane: Install,
     ) {
         let vpn = sa.vpn.clone().unwrap_or_default();
         let reqid = self.reqid(&vpn, &child.name);
@@ -123,29 +140,31 @@ impl Endpoint {
         };
         let lt = child.lifetimes;
         let udp_encap = sa.local.port() != 500 || sa.nat_local || sa.nat_remote;
-        self.events.push_back(Event::ChildSaUp(Box::new(ChildSaInstall {
-            ike_sa: sa.id,
-            vpn: vpn.clone(),
-            child: child.name.clone(),
-            reqid,
-            spi_in,
-            spi_out,
-            mode,
-            encr: sel.encr,
-            integ: sel.integ,
-            esn: sel.esn,
-            keys_in: keys_in.clone(),
-            keys_out: keys_out.clone(),
-            local_ts: dp_local_ts,
-            remote_ts: dp_remote_ts,
-            local: sa.local,
-            remote: sa.remote,
-            udp_encap,
-            replay_window: child.replay_window,
-            lifetimes: lt,
-            replaces_spi_in: replaces,
-            defer_outbound: replaces.is_some() && !we_initiated,
-        })));
+        if dataplane != Install::Not {
+            self.events.push_back(Event::ChildSaUp(Box::new(ChildSaInstall {
+                ike_sa: sa.id,
+                vpn: vpn.clone(),
+                child: child.name.clone(),
+                reqid,
+                spi_in,
+                spi_out,
+                mode,
+                encr: sel.encr,
+                integ: sel.integ,
+                esn: sel.esn,
+                keys_in: keys_in.clone(),
+                keys_out: keys_out.clone(),
+                local_ts: dp_local_ts,
+                remote_ts: dp_remote_ts,
+                local: sa.local,
+                remote: sa.remote,
+                udp_encap,
+                replay_window: child.replay_window,
+                lifetimes: lt,
+                replaces_spi_in: replaces,
+                defer_outbound: dataplane == Install::Deferred,
+            })));
+        }
         info!(target: "ike", vpn, child = %child.name, spi_in = format_args!("{spi_in:#010x}"),
               spi_out = format_args!("{spi_out:#010x}"), "CHILD SA established");
         sa.children.push(ChildSa {
@@ -159,11 +178,15 @@ impl Endpoint {
             remote_ts,
             keys_in,
             keys_out,
-            rekeyed: false,
+            retired: None,
+            deleting: false,
+            announced: dataplane != Install::Not,
+            initiated: we_initiated,
             replaces,
             exchange_nonces: None,
+            peer_successor: None,
             created: Some(now),
-            rekey_at: lt.rekey_time.map(|r| now + jitter(r, lt.rand_time)),
+            rekey_at: lt.rekey_time.map(|r| now + jitter(&mut *self.rng, r, lt.rand_time)),
             expire_at: lt.life_time.map(|l| now + l),
         });
     }
@@ -220,7 +243,7 @@ impl Endpoint {
         let (ni, nr, shared) = match exchange_ni {
             None => (sa.ni.clone(), sa.nr.clone(), None),
             Some(ni) => {
-                let nr = random_vec(NONCE_LEN);
+                let nr = self.rng.vec(NONCE_LEN);
                 let mut shared = None;
                 if let Some(group) = sel.dh {
                     let ke = find(req, |p| {
@@ -232,7 +255,7 @@ impl Endpoint {
                     });
                     match ke {
                         Some((g, data)) if g == group.transform_id() => {
-                            let Ok(k) = KeyExchange::generate(group) else {
+                            let Ok(k) = KeyExchange::generate(group, &mut *self.rng) else {
                                 return err(NotifyType::NO_PROPOSAL_CHOSEN);
                             };
                             let Ok(s) = k.compute_shared(&data) else {
@@ -268,9 +291,15 @@ impl Endpoint {
         };
         let spi_in = self.alloc_esp_spi();
         let replaces = rekeys.map(|i| {
-            sa.children[i].rekeyed = true;
-            sa.children[i].spi_in
+            let old = &mut sa.children[i];
+            old.peer_successor = Some(spi_in);
+            old.spi_in
         });
+        // Without a rekey of our own in flight the peer's is final: the old SA is replaced. With
+        // one, our response settles it (`rekey_child`).
+        if let Some(i) = rekeys.filter(|_| !sa.child_rekey_in_flight(replaces)) {
+            sa.children[i].retired = Some(crate::sa::Retired::Replaced(spi_in));
+        }
         self.install_child(
             now,
             sa,
@@ -284,6 +313,9 @@ impl Endpoint {
             keys,
             false,
             replaces,
+            // The peer installs this SA when our response arrives: keep sending on the old one
+            // until its first packet on the new one (or the old one's end), as charon does.
+            if replaces.is_some() { Install::Deferred } else { Install::Active },
         );
         if let (Some(c), true) = (sa.children.last_mut(), exchange_ni.is_some()) {
             c.exchange_nonces = Some((ni.clone(), nr.clone()));
@@ -321,6 +353,9 @@ impl Endpoint {
             return;
         };
         if let Some(e) = error_notify(resp) {
+            if let Some(old) = pending.rekeys_spi_in {
+                return self.child_rekey_refused(now, sa, old, e);
+            }
             warn!(target: "ike", vpn, child = %child.name, "CHILD SA refused by peer: {e}");
             self.events.push_back(Event::Failure {
                 vpn: Some(vpn),
@@ -371,6 +406,10 @@ impl Endpoint {
             return;
         };
         let replaces = pending.rekeys_spi_in;
+        // A simultaneous rekey is settled before anything is installed, so that the loser never
+        // sends on its redundant SA (charon commit 15e745cf4d).
+        let outcome = replaces.map(|old| Self::settle_child_rekey(sa, old, pending.spi_in, &ni, &nr));
+        let lost = matches!(outcome, Some(Collision::Lost { .. }));
         self.install_child(
             now,
             sa,
@@ -384,35 +423,16 @@ impl Endpoint {
             keys,
             true,
             replaces,
+            // The loser of a simultaneous rekey never installs its redundant SA: the winner
+            // never sends on it, and an outbound SA the peer deletes at once only loses packets.
+            if lost { Install::Not } else { Install::Active },
         );
-        let Some(old) = replaces else { return };
-        // Simultaneous rekey (RFC 7296 section 2.8.1): the peer rekeyed the same CHILD SA while our
-        // request was in flight. The SA made by the exchange holding the lowest of the four nonces is
-        // redundant and is deleted by the side that initiated that exchange; the other side deletes
-        // the old SA.
-        let ours = (ni.clone(), nr.clone());
-        let theirs = sa
-            .children
-            .iter()
-            .find(|c| c.replaces == Some(old) && c.spi_in != pending.spi_in)
-            .and_then(|c| c.exchange_nonces.clone());
-        if let Some(theirs) = theirs {
-            let lowest_ours =
-                ours.0.as_slice().min(ours.1.as_slice()) < theirs.0.as_slice().min(theirs.1.as_slice());
-            if lowest_ours {
-                info!(target: "ike", vpn, "simultaneous CHILD SA rekey: ours is redundant, deleting it");
-                if let Some(c) = sa.children.iter_mut().find(|c| c.spi_in == pending.spi_in) {
-                    c.rekeyed = true;
-                }
-                sa.queue.insert(0, Queued::DeleteChild(vec![pending.spi_in]));
-                return;
-            }
-            info!(target: "ike", vpn, "simultaneous CHILD SA rekey: ours wins");
+        if let Some(c) = sa.children.last_mut() {
+            c.exchange_nonces = Some((ni, nr));
         }
-        if let Some(i) = sa.children.iter().position(|c| c.spi_in == old) {
-            sa.children[i].rekeyed = true;
+        if let (Some(old), Some(outcome)) = (replaces, outcome) {
+            self.conclude_child_rekey(sa, old, pending.spi_in, outcome);
         }
-        sa.queue.insert(0, Queued::DeleteChild(vec![old]));
     }
 
     /// Start a CREATE_CHILD_SA exchange for a new CHILD SA or a rekey of `rekeys_spi_in`.
@@ -429,7 +449,7 @@ impl Endpoint {
             return;
         };
         let old = rekeys_spi_in.and_then(|s| sa.children.iter().find(|c| c.spi_in == s));
-        if rekeys_spi_in.is_some() && old.is_none_or(|c| c.rekeyed) {
+        if rekeys_spi_in.is_some() && old.is_none_or(|c| !c.live() || c.peer_successor.is_some()) {
             return; // already rekeyed or gone (e.g. the peer rekeyed it first)
         }
         let (local_ts, remote_ts) = match old {
@@ -437,7 +457,7 @@ impl Endpoint {
             None => (child.local_ts.clone(), child.remote_ts.clone()),
         };
         let group = child.esp_proposals.first().and_then(|p| p.dh.first().copied());
-        let ke = match group.map(KeyExchange::generate) {
+        let ke = match group.map(|g| KeyExchange::generate(g, &mut *self.rng)) {
             Some(Ok(k)) => Some(k),
             Some(Err(_)) => return,
             None => None,
@@ -448,7 +468,7 @@ impl Endpoint {
             local_ts,
             remote_ts,
             rekeys_spi_in,
-            nonce: random_vec(NONCE_LEN),
+            nonce: self.rng.vec(NONCE_LEN),
             ke,
         };
         debug!(target: "ike", vpn, child = name, rekey = rekeys_spi_in.is_some(), "CREATE_CHILD_SA");
@@ -507,10 +527,24 @@ impl Endpoint {
             Payload::Notify(n) if n.notify_type == NotifyType::REKEY_SA => Some(n.spi.clone()),
             _ => None,
         });
+        if sa.ike_exchange_in_flight() {
+            // Row I5: no CHILD SA changes while we rekey or delete the IKE SA.
+            return err(NotifyType::TEMPORARY_FAILURE);
+        }
         let rekeys = match rekey {
             None => None,
             Some(spi) => match spi_u32(&spi).and_then(|s| sa.children.iter().position(|c| c.spi_out == s)) {
-                Some(i) => Some(i),
+                Some(i) => {
+                    if let Err(t) = Self::may_peer_rekey(sa, i) {
+                        return vec![Payload::Notify(Notify {
+                            protocol: ProtocolId::ESP,
+                            spi,
+                            notify_type: t,
+                            data: vec![],
+                        })];
+                    }
+                    Some(i)
+                }
                 None => {
                     return vec![Payload::Notify(Notify {
                         protocol: ProtocolId::ESP,
@@ -533,6 +567,11 @@ impl Endpoint {
         ni: &[u8],
     ) -> Vec<Payload> {
         let err = |t: NotifyType| vec![Payload::Notify(Notify::new(t, vec![]))];
+        if sa.child_exchange_in_flight() || sa.state != SaState::Established || sa.superseded {
+            // Row I4: not while a CHILD SA exchange of ours is in flight (its response would land
+            // on the old IKE SA) or the IKE SA is going away.
+            return err(NotifyType::TEMPORARY_FAILURE);
+        }
         let offered =
             find(req, |p| if let Payload::Sa(v) = p { Some(v.clone()) } else { None }).unwrap_or_default();
         let Some((number, spi, sel)) = proposal::select(&offered, &peer.ike_proposals, ProtocolId::IKE)
@@ -555,16 +594,20 @@ impl Endpoint {
                 group.transform_id().to_be_bytes().to_vec(),
             ))];
         };
-        let Ok(k) = KeyExchange::generate(group) else { return err(NotifyType::NO_PROPOSAL_CHOSEN) };
+        let Ok(k) = KeyExchange::generate(group, &mut *self.rng) else { return err(NotifyType::NO_PROPOSAL_CHOSEN) };
         let Ok(shared) = k.compute_shared(&data) else { return err(NotifyType::INVALID_SYNTAX) };
-        let nr = random_vec(NONCE_LEN);
-        let new_id = self.spis.ike_spi(|s| self.sas.contains_key(&s) || s == sa.id);
+        let nr = self.rng.vec(NONCE_LEN);
+        let new_id = self.spis.ike_spi(&mut *self.rng, |s| self.sas.contains_key(&s) || s == sa.id || self.spawned.iter().any(|n| n.id == s));
         let Some(new) = self.rekeyed_sa(now, sa, peer, sel, false, peer_spi, new_id, ni, &nr, &shared) else {
             return err(NotifyType::NO_PROPOSAL_CHOSEN);
         };
         info!(target: "ike", vpn = %peer.name, old = format_args!("{:#018x}", sa.id), new = format_args!("{new_id:#018x}"), "IKE SA rekeyed (responder)");
         sa.rekeyed_by_peer = Some((new.id, ni.to_vec(), nr.clone()));
-        self.sas.insert(new.id, new);
+        let mut new = new;
+        new.replaces_ike = Some(sa.id);
+        // Row I2: the peer deletes the old SA; if its Delete never comes, we do.
+        sa.retire_at = Some(now + SUPERSEDED_WAIT);
+        self.spawned.push(new);
         vec![
             Payload::Sa(vec![proposal::selected_to_wire(
                 &sel,
@@ -611,10 +654,16 @@ impl Endpoint {
         new.local_id = old.local_id.clone();
         new.remote_id = old.remote_id.clone();
         new.children = std::mem::take(&mut old.children);
+        // CHILD SA work queued on the old SA follows its CHILD SAs (a rekey whose timer fired
+        // while the IKE rekey was in flight would otherwise be lost with the old SA).
+        let (child_work, rest): (Vec<Queued>, Vec<Queued>) =
+            std::mem::take(&mut old.queue).into_iter().partition(Queued::is_child_work);
+        new.queue = child_work;
+        old.queue = rest;
         new.state = SaState::Established;
         new.established = Some(now);
         let lt = &peer.ike_lifetimes;
-        new.rekey_at = lt.rekey_time.map(|r| now + jitter(r, lt.rand_time));
+        new.rekey_at = lt.rekey_time.map(|r| now + jitter(&mut *self.rng, r, lt.rand_time));
         new.expire_at = lt.life_time.map(|l| now + l);
         new.dpd_at = peer.dpd_delay.map(|d| now + d);
         old.superseded = true;
@@ -633,9 +682,9 @@ impl Endpoint {
             .suite
             .and_then(|s| s.dh)
             .or_else(|| peer.ike_proposals.first().and_then(|p| p.dh.first().copied()));
-        let Some(Ok(ke)) = group.map(KeyExchange::generate) else { return };
-        let new_spi = self.spis.ike_spi(|s| self.sas.contains_key(&s) || s == sa.id);
-        let nonce = random_vec(NONCE_LEN);
+        let Some(Ok(ke)) = group.map(|g| KeyExchange::generate(g, &mut *self.rng)) else { return };
+        let new_spi = self.spis.ike_spi(&mut *self.rng, |s| self.sas.contains_key(&s) || s == sa.id || self.spawned.iter().any(|n| n.id == s));
+        let nonce = self.rng.vec(NONCE_LEN);
         let payloads = vec![
             Payload::Sa(proposal::to_wire(&peer.ike_proposals, ProtocolId::IKE, &new_spi.to_be_bytes())),
             Payload::Nonce(nonce.clone()),
@@ -660,7 +709,10 @@ impl Endpoint {
     ) {
         let Some(peer) = sa.vpn.as_ref().and_then(|v| self.peer(v)).cloned() else { return };
         if let Some(e) = error_notify(&resp) {
-            warn!(target: "ike", vpn = %peer.name, "IKE SA rekey refused: {e}");
+            // Row T1: never retry at once; a persistent refusal ends with the hard lifetime.
+            let wait = crate::rekey_child::retry_delay(&mut *self.rng, now, sa.expire_at);
+            warn!(target: "ike", vpn = %peer.name, ?wait, "IKE SA rekey refused: {e}; retrying");
+            sa.rekey_at = Some(now + wait);
             return;
         }
         let returned =
@@ -701,17 +753,21 @@ impl Endpoint {
                 new.superseded = true;
                 self.start_delete_ike(now, &mut new);
                 self.finish(now, new);
+                // The winner deletes the old SA; if it never does, we do.
+                sa.retire_at = Some(now + SUPERSEDED_WAIT);
                 return;
             }
             info!(target: "ike", vpn = %peer.name, "simultaneous IKE SA rekey: ours wins");
             if let Some(mut theirs) = self.sas.remove(&theirs_id) {
                 new.children = std::mem::take(&mut theirs.children);
                 theirs.superseded = true;
-                self.sas.insert(theirs.id, theirs);
+                // Its creator deletes it; if that Delete never comes, we do (row I1).
+                theirs.retire_at = Some(now + SUPERSEDED_WAIT);
+                self.spawned.push(theirs);
             }
         }
         info!(target: "ike", vpn = %peer.name, old = format_args!("{:#018x}", sa.id), new = format_args!("{:#018x}", new.id), "IKE SA rekeyed (initiator)");
-        self.sas.insert(new.id, new);
+        self.spawned.push(new);
         sa.queue.clear();
         sa.queue.push(Queued::DeleteIke);
     }
@@ -719,8 +775,11 @@ impl Endpoint {
     pub(crate) fn remove_child(&mut self, sa: &mut IkeSa, spi_in: u32, reason: DownReason) {
         if let Some(i) = sa.children.iter().position(|c| c.spi_in == spi_in) {
             let c = sa.children.remove(i);
-            let reason = if c.rekeyed { DownReason::Rekeyed } else { reason };
+            let reason = if c.retired.is_some() || c.peer_successor.is_some() { DownReason::Rekeyed } else { reason };
             info!(target: "ike", vpn = ?sa.vpn, child = %c.name, spi_in = format_args!("{:#010x}", c.spi_in), ?reason, "CHILD SA down");
+            if !c.announced {
+                return;
+            }
             self.events.push_back(Event::ChildSaDown {
                 ike_sa: sa.id,
                 vpn: sa.vpn.clone().unwrap_or_default(),

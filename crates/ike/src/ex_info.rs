@@ -15,8 +15,13 @@ impl Endpoint {
     }
 
     pub(crate) fn start_delete_children(&mut self, now: Instant, sa: &mut IkeSa, spis_in: Vec<u32>) {
-        let spis: Vec<u32> =
-            spis_in.into_iter().filter(|s| sa.children.iter().any(|c| c.spi_in == *s)).collect();
+        let spis: Vec<u32> = spis_in
+            .into_iter()
+            .filter(|s| sa.children.iter().any(|c| c.spi_in == *s && !c.deleting))
+            .collect();
+        for c in sa.children.iter_mut().filter(|c| spis.contains(&c.spi_in)) {
+            c.deleting = true;
+        }
         self.send_delete_children(now, sa, spis);
     }
 
@@ -51,6 +56,7 @@ impl Endpoint {
             match p {
                 Payload::Delete(d) if d.protocol == ProtocolId::IKE => {
                     info!(target: "ike", vpn = ?sa.vpn, "peer deleted the IKE SA");
+                    self.hand_back_children(sa);
                     sa.state = SaState::Deleting;
                     sa.down_reason = Some(DownReason::PeerDelete);
                     sa.rel.outstanding = None;
@@ -63,7 +69,11 @@ impl Endpoint {
                         let spi_out = u32::from_be_bytes(b);
                         if let Some(c) = sa.children.iter().find(|c| c.spi_out == spi_out) {
                             let spi_in = c.spi_in;
-                            our_spis.push(spi_in);
+                            // Row C6: when both delete it, the response carries no Delete for it
+                            // (section 1.4.1); our own request removes the rest.
+                            if !c.deleting {
+                                our_spis.push(spi_in);
+                            }
                             self.remove_child(sa, spi_in, DownReason::PeerDelete);
                         }
                     }
@@ -83,6 +93,23 @@ impl Endpoint {
             spi_size: 4,
             spis: our_spis.iter().map(|s| s.to_be_bytes().to_vec()).collect(),
         })]
+    }
+
+    /// The peer deletes an IKE SA that its rekey made while our own rekey of the same SA is in
+    /// flight: it lost the collision and this is its redundant SA (row I1 with the Delete before
+    /// our response). The CHILD SAs go back to the old SA, which our response then moves on.
+    fn hand_back_children(&mut self, sa: &mut IkeSa) {
+        let Some(old_id) = sa.replaces_ike else { return };
+        let Some(old) = self.sas.get_mut(&old_id) else { return };
+        let ours_in_flight = matches!(old.request, Some(Request::RekeyIke(_)));
+        if !ours_in_flight || old.rekeyed_by_peer.as_ref().is_none_or(|r| r.0 != sa.id) {
+            return;
+        }
+        old.children.append(&mut sa.children);
+        old.rekeyed_by_peer = None;
+        old.superseded = false;
+        old.retire_at = None;
+        sa.superseded = true;
     }
 
     /// The peer does not know one of our outbound SPIs (seed 001): the CHILD SA is dead. Remove it now

@@ -8,7 +8,7 @@ use crate::sa::{IkeSa, Request, SaState};
 use aws_lc_rs::digest;
 use std::net::SocketAddr;
 use std::time::Instant;
-use tandem_crypto::{derive_ike_keys, random_vec, DhGroup, IkeSuite, KeyExchange};
+use tandem_crypto::{derive_ike_keys, DhGroup, IkeSuite, KeyExchange};
 use tandem_wire::{flags, ExchangeType, IkeHeader, Message, Notify, NotifyType, Payload, ProtocolId};
 use tracing::{debug, info, warn};
 
@@ -91,13 +91,13 @@ impl Endpoint {
             .first()
             .and_then(|p| p.dh.first().copied())
             .ok_or_else(|| EngineError::Other(format!("vpn {vpn:?} has no IKE proposal")))?;
-        let id = self.spis.ike_spi(|s| self.sas.contains_key(&s));
+        let id = self.spis.ike_spi(&mut *self.rng, |s| self.sas.contains_key(&s));
         let local = SocketAddr::new(local_ip, 500);
         let remote = SocketAddr::new(remote_ip, peer.remote_port);
         let mut sa = IkeSa::new(id, true, local, remote, now);
         sa.vpn = Some(vpn.to_string());
-        sa.ni = random_vec(NONCE_LEN);
-        sa.ke = Some(KeyExchange::generate(group).map_err(|e| EngineError::Other(e.to_string()))?);
+        sa.ni = self.rng.vec(NONCE_LEN);
+        sa.ke = Some(KeyExchange::generate(group, &mut *self.rng).map_err(|e| EngineError::Other(e.to_string()))?);
         info!(target: "ike", vpn, %remote, "initiating IKE SA");
         let bytes = self.build_sa_init_request(&sa, &peer.ike_proposals);
         sa.init_request = bytes.clone();
@@ -150,7 +150,7 @@ impl Endpoint {
                         && sa.ke.as_ref().map(|k| k.group()) != Some(g) =>
                 {
                     info!(target: "ike", vpn, group = g.name(), "INVALID_KE_PAYLOAD: retrying with the responder's group");
-                    match KeyExchange::generate(g) {
+                    match KeyExchange::generate(g, &mut *self.rng) {
                         Ok(k) => sa.ke = Some(k),
                         Err(_) => return self.fail_sa(sa, "key generation failed"),
                     }
@@ -319,18 +319,18 @@ impl Endpoint {
             );
             return;
         }
-        let Ok(our_ke) = KeyExchange::generate(group) else { return };
+        let Ok(our_ke) = KeyExchange::generate(group, &mut *self.rng) else { return };
         let Ok(shared) = our_ke.compute_shared(&ke_data) else {
             self.stats.malformed += 1;
             self.send_stateless(local, remote, spi_i, Notify::new(NotifyType::INVALID_SYNTAX, vec![]));
             return;
         };
-        let id = self.spis.ike_spi(|s| self.sas.contains_key(&s));
+        let id = self.spis.ike_spi(&mut *self.rng, |s| self.sas.contains_key(&s));
         let mut sa = IkeSa::new(id, false, local, remote, now);
         sa.spi_i = spi_i;
         sa.candidates = names;
         sa.ni = ni;
-        sa.nr = random_vec(NONCE_LEN);
+        sa.nr = self.rng.vec(NONCE_LEN);
         sa.init_request = raw.to_vec();
         let Some(suite) = suite_of(&sel) else { return };
         match derive_ike_keys(&suite, &shared, &sa.ni, &sa.nr, sa.spi_i, sa.spi_r) {

@@ -11,6 +11,7 @@ mod ex_auth;
 mod ex_child;
 mod ex_info;
 mod ex_init;
+mod rekey_child;
 mod ident;
 pub mod observer;
 pub mod proposal;

@@ -38,20 +38,52 @@ pub struct ChildSa {
     pub remote_ts: Vec<TrafficSelector>,
     pub keys_in: DirectionKeys,
     pub keys_out: DirectionKeys,
-    /// Set once a rekey replaced it (kept until the Delete exchange completes).
-    pub rekeyed: bool,
+    /// Set once it is out of service: replaced by a rekey or made redundant by a collision. It is
+    /// kept until the Delete exchange completes, never rekeyed, and its hard lifetime removes it
+    /// locally without a Delete (RFC 7296 section 2.8; a Delete could race the peer's).
+    #[serde(default)]
+    pub retired: Option<Retired>,
+    /// Our Delete for it is in flight.
+    #[serde(default)]
+    pub deleting: bool,
+    /// The dataplane was told of it (a redundant SA of a lost collision never is).
+    #[serde(default)]
+    pub announced: bool,
+    /// We initiated the exchange that made it.
+    #[serde(default)]
+    pub initiated: bool,
     /// Inbound SPI of the CHILD SA this one replaced by a rekey.
     #[serde(default)]
     pub replaces: Option<u32>,
     /// Nonces (Ni, Nr) of the CREATE_CHILD_SA exchange that made it, to settle simultaneous rekeys.
     #[serde(default)]
     pub exchange_nonces: Option<(Vec<u8>, Vec<u8>)>,
+    /// Inbound SPI of the CHILD SA the peer made by rekeying this one. While our own rekey of it is
+    /// in flight this is not final: our response settles the collision (section 2.8.1).
+    #[serde(default)]
+    pub peer_successor: Option<u32>,
     #[serde(skip)]
     pub created: Option<Instant>,
     #[serde(skip)]
     pub rekey_at: Option<Instant>,
     #[serde(skip)]
     pub expire_at: Option<Instant>,
+}
+
+/// Why a CHILD SA is out of service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Retired {
+    /// A rekey replaced it with the CHILD SA of this inbound SPI.
+    Replaced(u32),
+    /// Made redundant by a simultaneous rekey; its creator deletes it.
+    Redundant,
+}
+
+impl ChildSa {
+    /// In service: carries traffic, may be rekeyed.
+    pub fn live(&self) -> bool {
+        self.retired.is_none() && !self.deleting
+    }
 }
 
 /// A CHILD SA we are negotiating as the exchange initiator.
@@ -107,6 +139,16 @@ pub enum Queued {
     InvalidSpi(u32),
 }
 
+impl Queued {
+    /// Work on CHILD SAs, which moves with them to a rekeyed IKE SA.
+    pub fn is_child_work(&self) -> bool {
+        matches!(
+            self,
+            Queued::CreateChild { .. } | Queued::DeleteChild(_) | Queued::DeleteRemoved(_) | Queued::InvalidSpi(_)
+        )
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 pub struct IkeSa {
     pub id: IkeSaId,
@@ -135,12 +177,21 @@ pub struct IkeSa {
     pub rel: Reliability,
     pub request: Option<Request>,
     pub queue: Vec<Queued>,
-    /// Set when a rekeyed IKE SA replaced this one: delete without reporting CHILD SAs down.
+    /// Set when a rekeyed IKE SA replaced this one (or a collision made this one redundant): its
+    /// CHILD SAs live elsewhere, so it goes without reporting them down.
     pub superseded: bool,
+    /// A superseded SA whose Delete has not come by then is removed by us (the peer's Delete may
+    /// have been lost, or the peer expects us to delete it).
+    #[serde(skip)]
+    pub retire_at: Option<Instant>,
     /// Set on an IKE SA the peer rekeyed: (new IKE SA id, Ni, Nr of that exchange), to settle
     /// simultaneous rekeys (RFC 7296 section 2.8.1).
     #[serde(default)]
     pub rekeyed_by_peer: Option<(IkeSaId, Vec<u8>, Vec<u8>)>,
+    /// On an IKE SA made by the peer's rekey: the SA it replaced (to hand the CHILD SAs back if
+    /// the peer deletes this one as the redundant SA of a collision before our response arrives).
+    #[serde(default)]
+    pub replaces_ike: Option<IkeSaId>,
     /// Why the SA is being deleted, once it is.
     pub down_reason: Option<crate::api::DownReason>,
     /// Both sides announced IKEV2_FRAGMENTATION_SUPPORTED (RFC 7383).
@@ -198,8 +249,10 @@ impl IkeSa {
             request: None,
             queue: Vec::new(),
             superseded: false,
+            retire_at: None,
             down_reason: None,
             rekeyed_by_peer: None,
+            replaces_ike: None,
             frag_supported: false,
             reassembly: Default::default(),
             ke: None,
@@ -227,14 +280,21 @@ impl IkeSa {
         })
     }
 
+    /// Our CREATE_CHILD_SA in flight rekeys the CHILD SA with inbound SPI `spi`.
+    pub fn child_rekey_in_flight(&self, spi: Option<u32>) -> bool {
+        matches!(&self.request, Some(Request::CreateChild(p)) if spi.is_some() && p.rekeys_spi_in == spi)
+    }
+
     pub fn child_by_spi(&self, spi: u32) -> Option<usize> {
         self.children.iter().position(|c| c.spi_in == spi || c.spi_out == spi)
     }
 
     /// Earliest of this SA's deadlines.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let mut d =
-            [self.rel.deadline(), self.rekey_at, self.expire_at, self.dpd_at].into_iter().flatten().min();
+        let mut d = [self.rel.deadline(), self.rekey_at, self.expire_at, self.dpd_at, self.retire_at]
+            .into_iter()
+            .flatten()
+            .min();
         for c in &self.children {
             for t in [c.rekey_at, c.expire_at].into_iter().flatten() {
                 d = Some(d.map_or(t, |x: Instant| x.min(t)));

@@ -1,7 +1,7 @@
 //! SPI allocation. Every SPI this node hands out carries the cluster node-id in its top four bits, so
 //! members of a cluster can never allocate the same SPI (RFC 6027 section 3.9); the rest is random.
 
-use tandem_crypto::{random_u32, random_u64};
+use tandem_crypto::Random;
 
 #[derive(Debug, Clone, Copy)]
 pub struct SpiAllocator {
@@ -14,9 +14,9 @@ impl SpiAllocator {
     }
 
     /// A non-zero IKE SPI for which `in_use` is false.
-    pub fn ike_spi(&self, in_use: impl Fn(u64) -> bool) -> u64 {
+    pub fn ike_spi(&self, rng: &mut dyn Random, in_use: impl Fn(u64) -> bool) -> u64 {
         loop {
-            let mut spi = random_u64();
+            let mut spi = rng.u64();
             if self.node_id != 0 {
                 spi = (spi & !(0xf << 60)) | ((self.node_id as u64) << 60);
             }
@@ -27,9 +27,9 @@ impl SpiAllocator {
     }
 
     /// An ESP SPI >= 256 (0-255 are reserved, RFC 4303 section 2.1) for which `in_use` is false.
-    pub fn esp_spi(&self, in_use: impl Fn(u32) -> bool) -> u32 {
+    pub fn esp_spi(&self, rng: &mut dyn Random, in_use: impl Fn(u32) -> bool) -> u32 {
         loop {
-            let mut spi = random_u32();
+            let mut spi = rng.u32();
             if self.node_id != 0 {
                 spi = (spi & !(0xf << 28)) | ((self.node_id as u32) << 28);
             }
@@ -52,13 +52,14 @@ mod tests {
     #[test]
     fn node_id_is_in_the_top_bits_and_reserved_values_are_avoided() {
         let a = SpiAllocator::new(5);
+        let r = &mut tandem_crypto::SeededRandom::from_u64(1);
         for _ in 0..1000 {
-            let s = a.esp_spi(|_| false);
+            let s = a.esp_spi(r, |_| false);
             assert_eq!(node_of_esp_spi(s), 5);
             assert!(s >= 256);
-            assert_eq!(a.ike_spi(|_| false) >> 60, 5);
+            assert_eq!(a.ike_spi(r, |_| false) >> 60, 5);
         }
-        let taken = a.esp_spi(|_| false);
-        assert_ne!(a.esp_spi(|s| s == taken), taken);
+        let taken = a.esp_spi(r, |_| false);
+        assert_ne!(a.esp_spi(r, |s| s == taken), taken);
     }
 }

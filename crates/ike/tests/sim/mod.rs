@@ -1,0 +1,315 @@
+//! A seeded simulation of IKE endpoints on a lossy, reordering network with an injected clock and
+//! injected randomness: one master seed gives every node's RNG seed, the network's RNG and the
+//! scenario, so a failing run replays exactly (`TANDEM_SIM_SEED=<seed>`). After every step the
+//! harness checks the safety properties of ENGINE.md section 3; at the end it heals the network and
+//! checks the end state (one IKE SA and one CHILD SA per policy on both sides, crosswise-agreeing).
+
+pub mod dataplane;
+pub mod net;
+
+use dataplane::DataplaneModel;
+use net::{LinkModel, Network, Packet};
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tandem_crypto::{Random, SeededRandom};
+use tandem_ike::*;
+use tandem_wire::IkeHeader;
+
+pub struct Node {
+    pub ep: Endpoint,
+    pub addr: SocketAddr,
+    pub dp: DataplaneModel,
+    pub events: Vec<Event>,
+}
+
+/// Key of a request on the wire: (SPIi, SPIr, sent by the original initiator, Message ID).
+type RequestKey = (u64, u64, bool, u32);
+
+pub struct Sim {
+    pub nodes: Vec<Node>,
+    pub net: Network,
+    pub start: Instant,
+    pub now: Duration,
+    pub seed: u64,
+    trace: VecDeque<String>,
+    first_trace: Option<String>,
+    /// First bytes seen for each request: a different request under the same key reuses its ID.
+    requests: BTreeMap<RequestKey, Vec<u8>>,
+    /// Responses sent, by request key.
+    answered: BTreeMap<RequestKey, ()>,
+    pub violations: Vec<String>,
+    pub pings_sent: u64,
+    pub pings_lost: u64,
+    ping_id: u64,
+    /// Pings count only once both sides have had an outbound SA.
+    counting: bool,
+}
+
+pub const TRACE_LINES: usize = 60;
+
+impl Sim {
+    pub fn new(seed: u64, endpoints: Vec<(Endpoint, SocketAddr)>, link: LinkModel) -> Self {
+        let n = endpoints.len();
+        Sim {
+            nodes: endpoints
+                .into_iter()
+                .map(|(ep, addr)| Node {
+                    ep,
+                    addr,
+                    dp: DataplaneModel::new(Duration::from_secs(5)),
+                    events: vec![],
+                })
+                .collect(),
+            net: Network::new(seed ^ 0x6e65_7477_6f72_6b00, n, link),
+            start: Instant::now(),
+            now: Duration::ZERO,
+            seed,
+            trace: VecDeque::new(),
+            first_trace: None,
+            requests: BTreeMap::new(),
+            answered: BTreeMap::new(),
+            violations: Vec::new(),
+            pings_sent: 0,
+            pings_lost: 0,
+            ping_id: 0,
+            counting: false,
+        }
+    }
+
+    pub fn at(&self) -> Instant {
+        self.start + self.now
+    }
+
+    pub fn log(&mut self, line: String) {
+        if self.trace.len() == TRACE_LINES {
+            self.trace.pop_front();
+        }
+        self.trace.push_back(format!("{:>9.3}s {line}", self.now.as_secs_f64()));
+    }
+
+    fn violate(&mut self, v: String) {
+        self.log(format!("VIOLATION {v}"));
+        self.violations.push(v);
+        if self.first_trace.is_none() {
+            self.first_trace = Some(self.trace_now());
+        }
+    }
+
+    fn trace_now(&self) -> String {
+        self.trace.iter().cloned().collect::<Vec<_>>().join("\n")
+    }
+
+    /// The trace up to the first violation (or up to now).
+    pub fn trace(&self) -> String {
+        self.first_trace.clone().unwrap_or_else(|| self.trace_now())
+    }
+
+    fn node_of(&self, addr: SocketAddr) -> Option<usize> {
+        self.nodes.iter().position(|n| n.addr.ip() == addr.ip())
+    }
+
+    /// Record a datagram leaving node `from` and check Message ID use.
+    fn observe_ike(&mut self, from: usize, data: &[u8]) {
+        let Ok(h) = IkeHeader::parse(data) else { return };
+        let key = (h.spi_i, h.spi_r, h.is_initiator() != h.is_response(), h.message_id);
+        let kind = if h.is_response() { "resp" } else { "req " };
+        self.log(format!(
+            "{from}-> {kind} {:?} mid={} spis={:016x}/{:016x} len={}",
+            h.exchange,
+            h.message_id,
+            h.spi_i,
+            h.spi_r,
+            data.len()
+        ));
+        if h.spi_r == 0 {
+            return; // IKE_SA_INIT before the responder's SPI exists (retried with cookie or KE)
+        }
+        if h.is_response() {
+            self.answered.insert(key, ());
+            return;
+        }
+        match self.requests.get(&key) {
+            Some(b) if b.as_slice() != data => {
+                // A fragmented request has several datagrams per ID: compare only whole messages.
+                let frag = |d: &[u8]| d.get(28) == Some(&53);
+                if !frag(data) && !frag(b) {
+                    self.violate(format!("Message ID {} reused by node {from} on {:016x}", h.message_id, h.spi_i));
+                }
+            }
+            Some(_) => {}
+            None => {
+                if h.message_id > 0 && !self.answered.contains_key(&(key.0, key.1, key.2, h.message_id - 1)) {
+                    self.violate(format!(
+                        "node {from} sent request {} on {:016x} before {} was answered",
+                        h.message_id,
+                        h.spi_i,
+                        h.message_id - 1
+                    ));
+                }
+                self.requests.insert(key, data.to_vec());
+            }
+        }
+    }
+
+    /// Drain every node's transmits and events.
+    fn drain(&mut self) {
+        for i in 0..self.nodes.len() {
+            while let Some(t) = self.nodes[i].ep.poll_transmit() {
+                self.observe_ike(i, &t.data);
+                match self.node_of(t.remote) {
+                    Some(to) => self.net.send(self.now, i, to, Packet::Ike(t.data)),
+                    None => self.violate(format!("node {i} sent to unknown {}", t.remote)),
+                }
+            }
+            while let Some(e) = self.nodes[i].ep.poll_event() {
+                self.log(format!("{i} event {}", summarize(&e)));
+                self.nodes[i].dp.apply(self.now, &e);
+                self.nodes[i].events.push(e);
+            }
+            let errs = std::mem::take(&mut self.nodes[i].dp.errors);
+            for e in errs {
+                self.violate(format!("node {i} dataplane: {e}"));
+            }
+        }
+    }
+
+    /// The next time anything happens, bounded by `limit`.
+    fn next_time(&self, limit: Duration) -> Duration {
+        let mut t = limit;
+        if let Some(n) = self.net.next_time() {
+            t = t.min(n);
+        }
+        for n in &self.nodes {
+            if let Some(d) = n.ep.poll_timeout() {
+                t = t.min(d.saturating_duration_since(self.start));
+            }
+        }
+        t.max(self.now)
+    }
+
+    /// Run until `until`, pinging through every CHILD SA of `reqids` each `ping_every`.
+    pub fn run(&mut self, until: Duration, ping_every: Option<Duration>, reqids: &[(usize, usize, u32, u32)]) {
+        let mut next_ping = self.now + ping_every.unwrap_or(Duration::MAX / 4);
+        let mut steps = 0u64;
+        while self.now < until {
+            steps += 1;
+            assert!(steps < 5_000_000, "seed {}: simulation did not make progress", self.seed);
+            let t = self.next_time(until.min(next_ping));
+            self.now = t;
+            let at = self.at();
+            while let Some(d) = self.net.pop_due(self.now) {
+                match d.payload {
+                    Packet::Ike(data) => {
+                        let (local, remote) = (self.nodes[d.to].addr, self.nodes[d.from].addr);
+                        self.nodes[d.to].ep.handle_datagram(at, local, remote, &data);
+                    }
+                    Packet::Esp { spi, key, id } => {
+                        if let Err(e) = self.nodes[d.to].dp.receive(self.now, spi, &key) {
+                            if self.counting {
+                                self.pings_lost += 1;
+                                self.violate(format!("ping {id} {}->{} lost: {e}", d.from, d.to));
+                            }
+                        }
+                    }
+                }
+                self.drain();
+            }
+            for i in 0..self.nodes.len() {
+                if self.nodes[i].ep.poll_timeout().is_some_and(|d| d <= at) {
+                    self.nodes[i].ep.handle_timeout(at);
+                }
+            }
+            self.drain();
+            for n in &mut self.nodes {
+                n.dp.expire(self.now);
+            }
+            if self.now >= next_ping {
+                next_ping = self.now + ping_every.unwrap_or_default();
+                self.ping(reqids);
+            }
+        }
+    }
+
+    fn ping(&mut self, reqids: &[(usize, usize, u32, u32)]) {
+        let ready = reqids.iter().all(|&(a, b, ra, rb)| {
+            self.nodes[a].dp.outbound(ra).is_some() && self.nodes[b].dp.outbound(rb).is_some()
+        });
+        if ready {
+            self.counting = true;
+        }
+        for &(a, b, ra, rb) in reqids {
+            for (from, to, reqid) in [(a, b, ra), (b, a, rb)] {
+                self.ping_id += 1;
+                let id = self.ping_id;
+                match self.nodes[from].dp.outbound(reqid) {
+                    Some(p) => {
+                        let (spi, key) = (p.spi_out, p.key_out.clone());
+                        if self.counting {
+                            self.pings_sent += 1;
+                        }
+                        self.net.send(self.now, from, to, Packet::Esp { spi, key, id });
+                    }
+                    None if self.counting => {
+                        self.pings_sent += 1;
+                        self.pings_lost += 1;
+                        self.violate(format!("ping {id} {from}->{to}: no outbound SA"));
+                    }
+                    None => {}
+                }
+            }
+        }
+    }
+
+    /// Run until no node has work pending and no IKE datagram is in flight (or `limit`).
+    pub fn settle(&mut self, limit: Duration) -> bool {
+        while self.now < limit {
+            if self.nodes.iter().all(|n| n.ep.is_idle()) && !self.net.ike_in_flight() {
+                return true;
+            }
+            let step = self.now + Duration::from_millis(10);
+            self.run(step.min(limit), None, &[]);
+        }
+        false
+    }
+}
+
+pub fn summarize(e: &Event) -> String {
+    match e {
+        Event::ChildSaUp(c) => format!(
+            "CHILD up in={:#010x} out={:#010x} replaces={:?} defer={}",
+            c.spi_in, c.spi_out, c.replaces_spi_in, c.defer_outbound
+        ),
+        Event::ChildSaDown { spi_in, spi_out, reason, .. } => {
+            format!("CHILD down in={spi_in:#010x} out={spi_out:#010x} {reason:?}")
+        }
+        Event::IkeSaUp { ike_sa, .. } => format!("IKE up {ike_sa:#018x}"),
+        Event::IkeSaDown { ike_sa, reason, .. } => format!("IKE down {ike_sa:#018x} {reason:?}"),
+        Event::Failure { message, .. } => format!("failure: {message}"),
+    }
+}
+
+/// Seeds to run: `TANDEM_SIM_SEED` replays one; otherwise `count` seeds from `base`
+/// (`TANDEM_SIM_SEEDS` overrides the count).
+pub fn seeds(base: u64, count: u64) -> Vec<u64> {
+    if let Ok(s) = std::env::var("TANDEM_SIM_SEED") {
+        return vec![s.parse().expect("TANDEM_SIM_SEED is a u64")];
+    }
+    let n = std::env::var("TANDEM_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(count);
+    (0..n).map(|i| base.wrapping_add(i)).collect()
+}
+
+/// A generator for the scenario's own choices, separate from the nodes' and the network's.
+pub fn scenario_rng(seed: u64) -> SeededRandom {
+    SeededRandom::from_u64(seed ^ 0x7363_656e_6172_696f)
+}
+
+/// An endpoint with a seeded generator drawn from `rng`.
+pub fn seeded_endpoint(
+    rng: &mut dyn Random,
+    config: EndpointConfig,
+    peers: Vec<PeerConfig>,
+    psks: Vec<PreSharedKey>,
+) -> Endpoint {
+    Endpoint::with_random(config, peers, psks, Box::new(SeededRandom::from_seed(rng.seed())))
+}
