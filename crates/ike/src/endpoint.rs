@@ -11,8 +11,8 @@ use crate::spi::SpiAllocator;
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
-use tandem_wire::{emit_payloads, flags, Encrypted, ExchangeType, IkeHeader, Message, Payload, PayloadType};
 use tandem_crypto::Random;
+use tandem_wire::{emit_payloads, flags, Encrypted, ExchangeType, IkeHeader, Message, Payload, PayloadType};
 use tracing::{debug, info, warn};
 
 /// Errors of operator commands (datagram problems are counted and logged, never returned).

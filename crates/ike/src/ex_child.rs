@@ -10,9 +10,7 @@ use crate::proposal::{self, Selected};
 use crate::rekey_child::Collision;
 use crate::sa::{child_directions, ChildSa, IkeSa, PendingChild, PendingIkeRekey, Queued, Request, SaState};
 use std::time::Instant;
-use tandem_crypto::{
-    derive_child_keys, derive_rekeyed_ike_keys, IkeSuite, KeyExchange, Proposal,
-};
+use tandem_crypto::{derive_child_keys, derive_rekeyed_ike_keys, IkeSuite, KeyExchange, Proposal};
 use tandem_wire::{ExchangeType, Notify, NotifyType, Payload, ProtocolId, TrafficSelector};
 use tracing::{debug, info, warn};
 use zeroize::Zeroizing;
@@ -75,7 +73,9 @@ fn spi_u64(spi: &[u8]) -> Option<u64> {
 
 impl Endpoint {
     pub(crate) fn alloc_esp_spi(&mut self) -> u32 {
-        self.spis.esp_spi(&mut *self.rng, |s| self.sas.values().any(|sa| sa.children.iter().any(|c| c.spi_in == s)))
+        self.spis.esp_spi(&mut *self.rng, |s| {
+            self.sas.values().any(|sa| sa.children.iter().any(|c| c.spi_in == s))
+        })
     }
 
     /// SA, [Nonce, KE,] TSi, TSr and mode notify of a CHILD SA request.
@@ -452,6 +452,16 @@ impl Endpoint {
         if rekeys_spi_in.is_some() && old.is_none_or(|c| !c.live() || c.peer_successor.is_some()) {
             return; // already rekeyed or gone (e.g. the peer rekeyed it first)
         }
+        // Not while the rekey that made it is unfinished (its predecessor is still here): the
+        // peer may not know it yet. The rekey is put off, not dropped.
+        if let (Some(spi), Some(pred)) = (rekeys_spi_in, old.and_then(|c| c.replaces)) {
+            if sa.children.iter().any(|c| c.spi_in == pred) {
+                if let Some(c) = sa.children.iter_mut().find(|c| c.spi_in == spi) {
+                    c.rekey_at = Some(now + std::time::Duration::from_secs(1));
+                }
+                return;
+            }
+        }
         let (local_ts, remote_ts) = match old {
             Some(c) => (c.local_ts.clone(), c.remote_ts.clone()),
             None => (child.local_ts.clone(), child.remote_ts.clone()),
@@ -594,10 +604,14 @@ impl Endpoint {
                 group.transform_id().to_be_bytes().to_vec(),
             ))];
         };
-        let Ok(k) = KeyExchange::generate(group, &mut *self.rng) else { return err(NotifyType::NO_PROPOSAL_CHOSEN) };
+        let Ok(k) = KeyExchange::generate(group, &mut *self.rng) else {
+            return err(NotifyType::NO_PROPOSAL_CHOSEN);
+        };
         let Ok(shared) = k.compute_shared(&data) else { return err(NotifyType::INVALID_SYNTAX) };
         let nr = self.rng.vec(NONCE_LEN);
-        let new_id = self.spis.ike_spi(&mut *self.rng, |s| self.sas.contains_key(&s) || s == sa.id || self.spawned.iter().any(|n| n.id == s));
+        let new_id = self.spis.ike_spi(&mut *self.rng, |s| {
+            self.sas.contains_key(&s) || s == sa.id || self.spawned.iter().any(|n| n.id == s)
+        });
         let Some(new) = self.rekeyed_sa(now, sa, peer, sel, false, peer_spi, new_id, ni, &nr, &shared) else {
             return err(NotifyType::NO_PROPOSAL_CHOSEN);
         };
@@ -683,7 +697,9 @@ impl Endpoint {
             .and_then(|s| s.dh)
             .or_else(|| peer.ike_proposals.first().and_then(|p| p.dh.first().copied()));
         let Some(Ok(ke)) = group.map(|g| KeyExchange::generate(g, &mut *self.rng)) else { return };
-        let new_spi = self.spis.ike_spi(&mut *self.rng, |s| self.sas.contains_key(&s) || s == sa.id || self.spawned.iter().any(|n| n.id == s));
+        let new_spi = self.spis.ike_spi(&mut *self.rng, |s| {
+            self.sas.contains_key(&s) || s == sa.id || self.spawned.iter().any(|n| n.id == s)
+        });
         let nonce = self.rng.vec(NONCE_LEN);
         let payloads = vec![
             Payload::Sa(proposal::to_wire(&peer.ike_proposals, ProtocolId::IKE, &new_spi.to_be_bytes())),
@@ -775,7 +791,8 @@ impl Endpoint {
     pub(crate) fn remove_child(&mut self, sa: &mut IkeSa, spi_in: u32, reason: DownReason) {
         if let Some(i) = sa.children.iter().position(|c| c.spi_in == spi_in) {
             let c = sa.children.remove(i);
-            let reason = if c.retired.is_some() || c.peer_successor.is_some() { DownReason::Rekeyed } else { reason };
+            let reason =
+                if c.retired.is_some() || c.peer_successor.is_some() { DownReason::Rekeyed } else { reason };
             info!(target: "ike", vpn = ?sa.vpn, child = %c.name, spi_in = format_args!("{:#010x}", c.spi_in), ?reason, "CHILD SA down");
             if !c.announced {
                 return;

@@ -97,7 +97,9 @@ impl Endpoint {
         let mut sa = IkeSa::new(id, true, local, remote, now);
         sa.vpn = Some(vpn.to_string());
         sa.ni = self.rng.vec(NONCE_LEN);
-        sa.ke = Some(KeyExchange::generate(group, &mut *self.rng).map_err(|e| EngineError::Other(e.to_string()))?);
+        sa.ke = Some(
+            KeyExchange::generate(group, &mut *self.rng).map_err(|e| EngineError::Other(e.to_string()))?,
+        );
         info!(target: "ike", vpn, %remote, "initiating IKE SA");
         let bytes = self.build_sa_init_request(&sa, &peer.ike_proposals);
         sa.init_request = bytes.clone();

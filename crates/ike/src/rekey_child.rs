@@ -32,10 +32,15 @@ fn lower<'a>(a: &'a [u8], b: &'a [u8]) -> &'a [u8] {
 /// gets another chance before the SA dies.
 pub(crate) fn retry_delay(rng: &mut dyn Random, now: Instant, expire_at: Option<Instant>) -> Duration {
     let wait = Duration::from_millis(6_000 + rng.up_to(9_000));
-    match expire_at {
-        Some(t) => wait.min(t.saturating_duration_since(now) / 2),
-        None => wait,
+    let Some(t) = expire_at else { return wait };
+    let left = t.saturating_duration_since(now);
+    if wait < left / 2 {
+        return wait;
     }
+    // Random within the second quarter of what is left, so that two peers that refused each
+    // other do not meet again at the same instant.
+    let quarter = (left / 4).as_millis() as u64;
+    Duration::from_millis(quarter + rng.up_to(quarter))
 }
 
 impl Endpoint {
@@ -126,10 +131,17 @@ impl Endpoint {
         }
         if err == NotifyType::CHILD_SA_NOT_FOUND {
             // The peer does not know it: drop our half and make a fresh one (section 2.25).
+            // If another live CHILD SA serves the same policy, this one was a leftover of an
+            // earlier collision that the peer already removed: dropping it is all that is needed.
             let name = sa.children[i].name.clone();
-            info!(target: "ike", vpn = ?sa.vpn, child = %name, "peer has no such CHILD SA: creating it anew");
+            let twin = sa.children.iter().any(|c| {
+                c.spi_in != old && c.name == name && c.live() && c.local_ts == sa.children[i].local_ts
+            });
             self.remove_child(sa, old, DownReason::InvalidSpi);
-            sa.queue.push(Queued::CreateChild { name, rekeys_spi_in: None });
+            if !twin {
+                info!(target: "ike", vpn = ?sa.vpn, child = %name, "peer has no such CHILD SA: creating it anew");
+                sa.queue.push(Queued::CreateChild { name, rekeys_spi_in: None });
+            }
             return;
         }
         // TEMPORARY_FAILURE and the rest: try again later, at a random time.

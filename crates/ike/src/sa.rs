@@ -144,7 +144,10 @@ impl Queued {
     pub fn is_child_work(&self) -> bool {
         matches!(
             self,
-            Queued::CreateChild { .. } | Queued::DeleteChild(_) | Queued::DeleteRemoved(_) | Queued::InvalidSpi(_)
+            Queued::CreateChild { .. }
+                | Queued::DeleteChild(_)
+                | Queued::DeleteRemoved(_)
+                | Queued::InvalidSpi(_)
         )
     }
 }

@@ -55,10 +55,9 @@ impl Scenario {
         let link = LinkModel { delay_min, delay_max, loss_permille, dup_permille };
         // Hard lifetimes must outlast a rekey that needs retransmissions: otherwise the SA dies
         // legitimately and traffic stops, which is not what this harness looks for.
-        let margin = if loss_permille > 0 { ms(40_000) } else { ms(1_000) + delay_max * 4 };
-        let manual = (0..r.up_to(4))
-            .map(|_| (pick(r, 2_000, 50_000), r.up_to(1) as usize, r.up_to(2) == 0))
-            .collect();
+        let margin = if loss_permille > 0 { ms(40_000) } else { ms(2_000) + delay_max * 8 };
+        let manual =
+            (0..r.up_to(4)).map(|_| (pick(r, 2_000, 50_000), r.up_to(1) as usize, r.up_to(2) == 0)).collect();
         Scenario { pfs: r.up_to(1) == 0, ike_rekey, child_rekey, rand_time, margin, link, manual }
     }
 }
@@ -127,11 +126,17 @@ fn run(seed: u64) -> Result<(), String> {
     let r = &mut scenario_rng(seed.rotate_left(17));
     let a_addr: SocketAddr = "10.0.0.1:500".parse().unwrap();
     let b_addr: SocketAddr = "10.0.0.2:500".parse().unwrap();
-    let a = seeded_endpoint(r, config(), vec![peer(&s, 0, "10.0.0.1", "10.0.0.2", "a.test", "b.test")], psks());
-    let b = seeded_endpoint(r, config(), vec![peer(&s, 1, "10.0.0.2", "10.0.0.1", "b.test", "a.test")], psks());
+    let a =
+        seeded_endpoint(r, config(), vec![peer(&s, 0, "10.0.0.1", "10.0.0.2", "a.test", "b.test")], psks());
+    let b =
+        seeded_endpoint(r, config(), vec![peer(&s, 1, "10.0.0.2", "10.0.0.1", "b.test", "a.test")], psks());
     let mut sim = Sim::new(seed, vec![(a, a_addr), (b, b_addr)], s.link);
     let fail = |sim: &Sim, what: String| {
-        Err(format!("seed {seed}: {what}\nscenario: {s:?}\nlast {} trace lines:\n{}", sim::TRACE_LINES, sim.trace()))
+        Err(format!(
+            "seed {seed}: {what}\nscenario: {s:?}\nlast {} trace lines:\n{}",
+            sim::TRACE_LINES,
+            sim.trace()
+        ))
     };
     let at = sim.at();
     sim.nodes[0].ep.initiate(at, "t").map_err(|e| e.to_string())?;
@@ -205,7 +210,7 @@ fn end_state(sim: &Sim) -> Result<(), String> {
 
 #[test]
 fn seeded_rekey_collisions_keep_one_tunnel_and_traffic() {
-    let list = seeds(1, 300);
+    let list = seeds(1, 1000);
     let mut failures = Vec::new();
     for seed in &list {
         if let Err(e) = run(*seed) {
@@ -226,9 +231,23 @@ fn a_seed_replays_exactly() {
     let trace = |seed| {
         let s = Scenario::draw(seed);
         let r = &mut scenario_rng(seed.rotate_left(17));
-        let a = seeded_endpoint(r, config(), vec![peer(&s, 0, "10.0.0.1", "10.0.0.2", "a.test", "b.test")], psks());
-        let b = seeded_endpoint(r, config(), vec![peer(&s, 1, "10.0.0.2", "10.0.0.1", "b.test", "a.test")], psks());
-        let mut sim = Sim::new(seed, vec![(a, "10.0.0.1:500".parse().unwrap()), (b, "10.0.0.2:500".parse().unwrap())], s.link);
+        let a = seeded_endpoint(
+            r,
+            config(),
+            vec![peer(&s, 0, "10.0.0.1", "10.0.0.2", "a.test", "b.test")],
+            psks(),
+        );
+        let b = seeded_endpoint(
+            r,
+            config(),
+            vec![peer(&s, 1, "10.0.0.2", "10.0.0.1", "b.test", "a.test")],
+            psks(),
+        );
+        let mut sim = Sim::new(
+            seed,
+            vec![(a, "10.0.0.1:500".parse().unwrap()), (b, "10.0.0.2:500".parse().unwrap())],
+            s.link,
+        );
         let at = sim.at();
         sim.nodes[0].ep.initiate(at, "t").unwrap();
         sim.run(Duration::from_secs(20), None, &[]);

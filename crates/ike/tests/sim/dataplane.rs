@@ -26,6 +26,9 @@ pub struct DataplaneModel {
     pub pairs: BTreeMap<u32, ModelPair>,
     serial: u64,
     pub linger: Duration,
+    /// Retired pairs the dataplane dropped by itself once their linger ran out: the engine's
+    /// later down event for them is not an error.
+    lingered_out: std::collections::BTreeSet<u32>,
     /// Problems in the event stream (a down for an SA never up, an SPI installed twice...).
     pub errors: Vec<String>,
 }
@@ -70,6 +73,9 @@ impl DataplaneModel {
             }
             Event::ChildSaDown { spi_in, reason, .. } => {
                 if !self.pairs.contains_key(spi_in) {
+                    if self.lingered_out.remove(spi_in) {
+                        return;
+                    }
                     self.errors.push(format!("down for SPI {spi_in:#x} that is not installed"));
                     return;
                 }
@@ -85,7 +91,16 @@ impl DataplaneModel {
 
     /// Drop lingering pairs whose time is up.
     pub fn expire(&mut self, now: Duration) {
-        self.pairs.retain(|_, p| p.retired_until.is_none_or(|t| t > now));
+        let gone: Vec<u32> = self
+            .pairs
+            .values()
+            .filter(|p| p.retired_until.is_some_and(|t| t <= now))
+            .map(|p| p.spi_in)
+            .collect();
+        for spi in gone {
+            self.pairs.remove(&spi);
+            self.lingered_out.insert(spi);
+        }
     }
 
     /// The pair the dataplane would send on for `reqid`.

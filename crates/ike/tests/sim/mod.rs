@@ -47,6 +47,14 @@ pub struct Sim {
 }
 
 pub const TRACE_LINES: usize = 60;
+/// Lines kept when `TANDEM_SIM_TRACE=all` asks for the whole run.
+fn trace_limit() -> usize {
+    if std::env::var("TANDEM_SIM_TRACE").as_deref() == Ok("all") {
+        usize::MAX
+    } else {
+        TRACE_LINES
+    }
+}
 
 impl Sim {
     pub fn new(seed: u64, endpoints: Vec<(Endpoint, SocketAddr)>, link: LinkModel) -> Self {
@@ -82,7 +90,7 @@ impl Sim {
     }
 
     pub fn log(&mut self, line: String) {
-        if self.trace.len() == TRACE_LINES {
+        if self.trace.len() >= trace_limit() {
             self.trace.pop_front();
         }
         self.trace.push_back(format!("{:>9.3}s {line}", self.now.as_secs_f64()));
@@ -134,7 +142,10 @@ impl Sim {
                 // A fragmented request has several datagrams per ID: compare only whole messages.
                 let frag = |d: &[u8]| d.get(28) == Some(&53);
                 if !frag(data) && !frag(b) {
-                    self.violate(format!("Message ID {} reused by node {from} on {:016x}", h.message_id, h.spi_i));
+                    self.violate(format!(
+                        "Message ID {} reused by node {from} on {:016x}",
+                        h.message_id, h.spi_i
+                    ));
                 }
             }
             Some(_) => {}
@@ -189,7 +200,12 @@ impl Sim {
     }
 
     /// Run until `until`, pinging through every CHILD SA of `reqids` each `ping_every`.
-    pub fn run(&mut self, until: Duration, ping_every: Option<Duration>, reqids: &[(usize, usize, u32, u32)]) {
+    pub fn run(
+        &mut self,
+        until: Duration,
+        ping_every: Option<Duration>,
+        reqids: &[(usize, usize, u32, u32)],
+    ) {
         let mut next_ping = self.now + ping_every.unwrap_or(Duration::MAX / 4);
         let mut steps = 0u64;
         while self.now < until {

@@ -35,7 +35,11 @@ pub struct Delivery {
 pub enum Packet {
     Ike(Vec<u8>),
     /// A simulated ESP packet: the SPI it was sent to and the sender's key for it.
-    Esp { spi: u32, key: Vec<u8>, id: u64 },
+    Esp {
+        spi: u32,
+        key: Vec<u8>,
+        id: u64,
+    },
 }
 
 pub struct Network {
