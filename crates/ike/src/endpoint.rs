@@ -664,11 +664,25 @@ impl Endpoint {
             self.enqueue(now, sa, Queued::DeleteChild(expired));
         }
         if sa.dpd_at.is_some_and(|t| t <= now) {
+            // A check is due `dpd-delay` after the last message received, not after the last
+            // check: re-arming at now + delay would skip a check whenever a reply arrived just
+            // after the timer, and detection could take twice the delay.
             let delay = sa.vpn.as_ref().and_then(|v| self.peer(v)).and_then(|p| p.dpd_delay);
-            sa.dpd_at = delay.map(|d| now + d);
-            let idle = sa.last_received.is_none_or(|t| delay.is_some_and(|d| now >= t + d));
-            if idle && sa.rel.can_send() && sa.queue.is_empty() {
-                self.enqueue(now, sa, Queued::Liveness);
+            let due = match (delay, sa.last_received) {
+                (Some(d), Some(t)) => Some(t + d),
+                (Some(_), None) => Some(now),
+                (None, _) => None,
+            };
+            match (due, delay) {
+                (Some(due), Some(d)) if due <= now => {
+                    if sa.rel.can_send() && sa.queue.is_empty() {
+                        self.enqueue(now, sa, Queued::Liveness);
+                    }
+                    // The reply moves `last_received`; without one the retransmissions decide.
+                    sa.dpd_at = Some(now + d);
+                }
+                (Some(due), _) => sa.dpd_at = Some(due),
+                (None, _) => sa.dpd_at = None,
             }
         }
         false

@@ -524,3 +524,36 @@ fn fragmented_messages_are_reassembled() {
         assert_ne!(p.a.child_sas()[0].spi_in, spi);
     }
 }
+
+#[test]
+fn liveness_checks_come_dpd_delay_after_the_last_message() {
+    // dpd-delay 2 s and a peer that answers every check: 12 s of silence must see one check per
+    // 2 s after each answer, not one per 4 s (the timer used to re-arm from the previous check).
+    let mut p = Pair::new("aes256gcm16-prfsha256-x25519", "aes256gcm16", 100, None);
+    let mut cfg = peer(
+        "t",
+        A,
+        B,
+        "a.test",
+        "b.test",
+        "aes256gcm16-prfsha256-x25519",
+        "aes256gcm16",
+        "10.1.0.0/24",
+        "10.2.0.0/24",
+    );
+    cfg.dpd_delay = Some(Duration::from_secs(2));
+    p.a = Endpoint::new(EndpointConfig::default(), vec![cfg], psk("secret"));
+    establish(&mut p);
+    let mut delivered = 0;
+    for _ in 0..120 {
+        // Timers fire, then the answers come back 50 ms later (a round trip).
+        p.now += Duration::from_millis(50);
+        p.a.handle_timeout(p.now);
+        p.b.handle_timeout(p.now);
+        p.now += Duration::from_millis(50);
+        delivered += p.run();
+    }
+    // Each check is a request and its response: 6 checks in 12 s (5 when a boundary falls late).
+    let checks = delivered / 2;
+    assert!((5..=6).contains(&checks), "{checks} liveness checks in 12 s with dpd-delay 2 s");
+}
