@@ -532,7 +532,7 @@ impl Endpoint {
         let due: Vec<IkeSaId> = self
             .sas
             .values()
-            .filter(|sa| sa.next_deadline().is_some_and(|d| d <= now))
+            .filter(|sa| sa.next_deadline().is_some_and(|d| d <= now) || self.half_open_expired(sa, now))
             .map(|sa| sa.id)
             .collect();
         for id in due {
@@ -571,6 +571,12 @@ impl Endpoint {
                 }
             }
         }
+    }
+
+    /// A half-open SA past its timeout. `poll_timeout` reports this deadline, so `handle_timeout`
+    /// must visit the SA for it too (else the daemon would wake up for it again and again).
+    fn half_open_expired(&self, sa: &IkeSa, now: Instant) -> bool {
+        sa.established.is_none() && sa.created.is_some_and(|c| now >= c + self.config.half_open_timeout)
     }
 
     /// Lifetimes, half-open expiry and liveness checks. Returns true when the SA was removed.

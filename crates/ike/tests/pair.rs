@@ -557,3 +557,19 @@ fn liveness_checks_come_dpd_delay_after_the_last_message() {
     let checks = delivered / 2;
     assert!((5..=6).contains(&checks), "{checks} liveness checks in 12 s with dpd-delay 2 s");
 }
+
+#[test]
+fn a_half_open_sa_expires_at_the_deadline_poll_timeout_reports() {
+    // poll_timeout reported the half-open expiry, but handle_timeout only visited SAs with a
+    // deadline of their own: the daemon woke up at the same instant forever.
+    let mut p = Pair::new("aes256gcm16-prfsha256-x25519", "aes256gcm16", 100, None);
+    p.a.initiate(p.now, "t").unwrap();
+    let init = p.a.poll_transmit().unwrap();
+    p.b.handle_datagram(p.now, init.remote, init.local, &init.data);
+    while p.b.poll_transmit().is_some() {}
+    assert_eq!(p.b.ike_sas().len(), 1);
+    let due = p.b.poll_timeout().expect("half-open expiry is a deadline");
+    p.b.handle_timeout(due);
+    assert!(p.b.ike_sas().is_empty(), "dropped at its deadline");
+    assert!(p.b.poll_timeout().is_none_or(|t| t > due), "the deadline moved on");
+}

@@ -208,10 +208,26 @@ impl Sim {
     ) {
         let mut next_ping = self.now + ping_every.unwrap_or(Duration::MAX / 4);
         let mut steps = 0u64;
+        let mut stalled = 0u32;
         while self.now < until {
             steps += 1;
-            assert!(steps < 5_000_000, "seed {}: simulation did not make progress", self.seed);
             let t = self.next_time(until.min(next_ping));
+            if t == self.now {
+                stalled += 1;
+                if stalled > 10_000 {
+                    // A deadline that handling does not move: in a daemon this is a busy loop.
+                    let v = format!(
+                        "node timers stuck at {:?}: {:?}",
+                        self.now,
+                        self.nodes.iter().map(|n| n.ep.ike_sas()).collect::<Vec<_>>()
+                    );
+                    self.violate(v);
+                    return;
+                }
+            } else {
+                stalled = 0;
+            }
+            assert!(steps < 5_000_000, "seed {}: simulation did not make progress", self.seed);
             self.now = t;
             let at = self.at();
             while let Some(d) = self.net.pop_due(self.now) {
