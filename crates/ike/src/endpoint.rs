@@ -61,7 +61,7 @@ pub struct Endpoint {
     pub(crate) transmits: VecDeque<Transmit>,
     pub(crate) events: VecDeque<Event>,
     pub(crate) observer: Option<Box<dyn SaObserver>>,
-    reqids: HashMap<(String, String), u32>,
+    reqids: crate::reqid::Reqids,
     pub(crate) spis: SpiAllocator,
     pub(crate) cookie_secret: [u8; 32],
     pub(crate) stats: Stats,
@@ -102,7 +102,7 @@ impl Endpoint {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             observer: None,
-            reqids: HashMap::new(),
+            reqids: Default::default(),
             cookie_secret,
             stats: Stats::default(),
             last_invalid_spi: HashMap::new(),
@@ -126,6 +126,12 @@ impl Endpoint {
         for id in removed {
             let _ = self.terminate_ike_sa(now, id);
         }
+        // Release the reqids of configurations that are gone and that no SA still carries.
+        let (peers, sas) = (&self.peers, &self.sas);
+        self.reqids.retain(|vpn, child, reqid| {
+            peers.iter().any(|p| p.name == vpn && p.children.iter().any(|c| c.name == child))
+                || sas.values().any(|sa| sa.children.iter().any(|c| c.reqid == reqid))
+        });
         self.start_configured(now);
     }
 
@@ -160,8 +166,7 @@ impl Endpoint {
     /// The reqid of a vpn's CHILD SA configuration (allocated on first use, stable afterwards):
     /// the daemon keys its security policies and trap routes by it before any SA exists.
     pub fn reqid(&mut self, vpn: &str, child: &str) -> u32 {
-        let next = self.reqids.len() as u32 + 1;
-        *self.reqids.entry((vpn.to_string(), child.to_string())).or_insert(next)
+        self.reqids.get(vpn, child)
     }
 
     /// Feed one received IKE datagram (non-ESP marker already stripped).

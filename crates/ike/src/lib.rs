@@ -16,6 +16,7 @@ pub mod observer;
 pub mod proposal;
 mod rekey_child;
 pub mod reliability;
+mod reqid;
 pub mod sa;
 pub mod spi;
 
