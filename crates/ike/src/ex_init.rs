@@ -121,6 +121,8 @@ impl Endpoint {
         payloads.push(Payload::Nonce(sa.ni.clone()));
         payloads.extend(nat_payloads(sa.spi_i, 0, sa.local, sa.remote));
         payloads.push(Payload::Notify(Notify::new(NotifyType::IKEV2_FRAGMENTATION_SUPPORTED, vec![])));
+        // RFC 6023: we accept an IKE SA without a CHILD SA in IKE_AUTH.
+        payloads.push(Payload::Notify(Notify::new(NotifyType::CHILDLESS_IKEV2_SUPPORTED, vec![])));
         let header = IkeHeader::new(sa.spi_i, 0, ExchangeType::IKE_SA_INIT, flags::INITIATOR, 0);
         Message { header, payloads }.emit()
     }
@@ -355,6 +357,9 @@ impl Endpoint {
         if sa.frag_supported {
             payloads.push(Payload::Notify(Notify::new(NotifyType::IKEV2_FRAGMENTATION_SUPPORTED, vec![])));
         }
+        // RFC 6023 section 3: a responder that accepts childless IKE SAs says so, so that a strict
+        // initiator may omit the CHILD SA from IKE_AUTH.
+        payloads.push(Payload::Notify(Notify::new(NotifyType::CHILDLESS_IKEV2_SUPPORTED, vec![])));
         let header = IkeHeader::new(spi_i, id, ExchangeType::IKE_SA_INIT, flags::RESPONSE, 0);
         let bytes = Message { header, payloads }.emit();
         sa.init_response = bytes.clone();

@@ -573,3 +573,17 @@ fn a_half_open_sa_expires_at_the_deadline_poll_timeout_reports() {
     assert!(p.b.ike_sas().is_empty(), "dropped at its deadline");
     assert!(p.b.poll_timeout().is_none_or(|t| t > due), "the deadline moved on");
 }
+
+#[test]
+fn ike_sa_init_announces_childless_support_both_ways() {
+    let mut p = Pair::new("aes256gcm16-prfsha256-x25519", "aes256gcm16", 100, None);
+    p.a.initiate(p.now, "t").unwrap();
+    let req = p.a.poll_transmit().unwrap();
+    p.b.handle_datagram(p.now, req.remote, req.local, &req.data);
+    let resp = p.b.poll_transmit().unwrap();
+    for bytes in [&req.data, &resp.data] {
+        let m = tandem_wire::Message::parse(bytes).unwrap();
+        assert!(m.payloads.iter().any(|x| matches!(x, tandem_wire::Payload::Notify(n)
+            if n.notify_type == tandem_wire::NotifyType::CHILDLESS_IKEV2_SUPPORTED)));
+    }
+}
