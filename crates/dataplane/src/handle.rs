@@ -168,6 +168,23 @@ impl DataplaneHandle {
         self.install_sa(&crate::install::spec_from_install(install))
     }
 
+    /// Install many CHILD SAs at once (an HA standby taking over thousands of SAs): the packet
+    /// path sees them all in one new SAD snapshot, and the result of each comes back in order
+    /// (a taken inbound SPI fails that SA alone). Trap queues of their reqids are flushed once.
+    pub fn install_sas(&self, specs: &[ChildSaSpec]) -> Vec<Result<(), SadError>> {
+        let results = self.shared.sad.install_specs(specs, Instant::now());
+        if results.iter().any(Result::is_ok) {
+            self.shared.wake_out.wake();
+        }
+        results
+    }
+
+    /// `install_sas` for CHILD SAs negotiated by the IKE engine (or restored from its state).
+    pub fn install_child_sas(&self, installs: &[tandem_ike::ChildSaInstall]) -> Vec<Result<(), SadError>> {
+        let specs: Vec<ChildSaSpec> = installs.iter().map(crate::install::spec_from_install).collect();
+        self.install_sas(&specs)
+    }
+
     /// Remove the CHILD SA with this inbound SPI at once. Returns whether it existed.
     pub fn remove_sa(&self, spi_in: u32) -> bool {
         self.shared.sad.remove(spi_in)
