@@ -367,9 +367,16 @@ impl Esp {
         n
     }
 
+    /// Wait (bounded) until the routes and rules queued so far are in the kernel.
+    pub async fn routes_settled(&self) {
+        if tokio::time::timeout(std::time::Duration::from_secs(3), self.routes.sync()).await.is_err() {
+            warn!(target: "esp", "routes not installed in time");
+        }
+    }
+
     /// Stop the workers, remove routes and rules.
-    pub fn shutdown(&mut self) {
-        self.routes.teardown();
+    pub async fn shutdown(&mut self) {
+        self.routes.teardown().await;
         self.handle.shutdown();
     }
 }

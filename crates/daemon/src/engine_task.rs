@@ -124,6 +124,10 @@ impl EngineTask {
         mut datagrams: mpsc::Receiver<Datagram>,
         mut dp_events: Option<EventReceiver>,
     ) {
+        // Trap policies' routes are in place before anything is initiated or served.
+        if let Some(esp) = &self.esp {
+            esp.routes_settled().await;
+        }
         self.endpoint.start_configured(Instant::now());
         self.flush().await;
         loop {
@@ -311,7 +315,7 @@ impl EngineTask {
         }
         self.flush().await;
         if let Some(esp) = &mut self.esp {
-            esp.shutdown();
+            esp.shutdown().await;
         }
     }
 
