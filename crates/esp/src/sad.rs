@@ -63,13 +63,15 @@ pub const SHARDS: usize = 1 << SHARD_BITS;
 /// The shard of a key: the top bits of a multiplicative hash, independent of the bits the
 /// shard's own hash table uses (`U32Hasher`'s 64-bit mix), so keys of one shard still spread
 /// over its buckets.
+#[inline]
 fn shard_of(key: u32) -> usize {
     (key.wrapping_mul(0x9e37_79b9) >> (32 - SHARD_BITS)) as usize
 }
 
 /// A u32-keyed map split into shards that are shared between snapshots until changed.
 struct ShardedMap<V> {
-    shards: Box<[Arc<U32Map<V>>; SHARDS]>,
+    /// Inline, so a lookup goes snapshot -> shard -> bucket with no hop through a table box.
+    shards: [Arc<U32Map<V>>; SHARDS],
     len: usize,
 }
 
@@ -77,7 +79,7 @@ struct ShardedMap<V> {
 impl<V> Default for ShardedMap<V> {
     fn default() -> Self {
         let empty = Arc::new(U32Map::default());
-        ShardedMap { shards: Box::new(std::array::from_fn(|_| empty.clone())), len: 0 }
+        ShardedMap { shards: std::array::from_fn(|_| empty.clone()), len: 0 }
     }
 }
 
@@ -89,6 +91,7 @@ impl<V> Clone for ShardedMap<V> {
 }
 
 impl<V: Clone> ShardedMap<V> {
+    #[inline]
     fn get(&self, key: u32) -> Option<&V> {
         self.shards[shard_of(key)].get(&key)
     }
@@ -118,11 +121,13 @@ pub struct SadSnapshot {
 
 impl SadSnapshot {
     /// The inbound SA with this SPI (including retired ones in their grace period).
+    #[inline]
     pub fn inbound(&self, spi: u32) -> Option<&InboundSa> {
         self.inbound.get(spi).map(|a| &**a)
     }
 
     /// The outbound SA currently used for `reqid`.
+    #[inline]
     pub fn outbound(&self, reqid: u32) -> Option<&Arc<OutboundSa>> {
         self.outbound.get(reqid)
     }
