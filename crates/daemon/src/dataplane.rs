@@ -11,11 +11,10 @@ use tandem_config::{Config, ManualSa, Workers};
 use tandem_dataplane::tandem_esp::lifetime::LifetimeLimits;
 use tandem_dataplane::tandem_esp::sa::{ChildSaSpec, KeyMaterial, Mode};
 use tandem_dataplane::tandem_esp::spd::{Policy, PolicyAction};
-use tandem_dataplane::{DataplaneConfig, DataplaneEvent, DataplaneHandle, TunConfig, WorkerLayout};
+use tandem_dataplane::{DataplaneConfig, DataplaneHandle, EventReceiver, TunConfig, WorkerLayout};
 use tandem_ike::config::{DeadPeerAction, IpsecMode, StartAction};
 use tandem_ike::{ChildSaInstall, DownReason, Endpoint};
 use tandem_wire::TrafficSelector;
-use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 /// reqids of manual SAs start here, far from the engine's (which count up from 1).
@@ -111,7 +110,7 @@ fn sa_policy(sa: &ChildSaInstall) -> Policy {
 impl Esp {
     /// Create the TUN, bind UDP `natt-port` on the listen addresses and the raw ESP sockets, start
     /// the workers, install the policy-routing rules.
-    pub fn start(config: &Config) -> Result<(Esp, mpsc::Receiver<DataplaneEvent>), String> {
+    pub fn start(config: &Config) -> Result<(Esp, EventReceiver), String> {
         let s = &config.dataplane;
         let mut tun = TunConfig::new(s.tun_name.clone());
         tun.mtu = s.tun_mtu;
@@ -368,9 +367,16 @@ impl Esp {
         n
     }
 
+    /// Wait (bounded) until the routes and rules queued so far are in the kernel.
+    pub async fn routes_settled(&self) {
+        if tokio::time::timeout(std::time::Duration::from_secs(3), self.routes.sync()).await.is_err() {
+            warn!(target: "esp", "routes not installed in time");
+        }
+    }
+
     /// Stop the workers, remove routes and rules.
-    pub fn shutdown(&mut self) {
-        self.routes.teardown();
+    pub async fn shutdown(&mut self) {
+        self.routes.teardown().await;
         self.handle.shutdown();
     }
 }

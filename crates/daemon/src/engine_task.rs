@@ -11,7 +11,7 @@ use std::time::Instant;
 use tandem_config::{Config, ConfigDiff};
 use tandem_dataplane::tandem_esp::Direction;
 use tandem_dataplane::tandem_esp::{GlobalStats, SaInfo};
-use tandem_dataplane::{CountersSnapshot, DataplaneEvent};
+use tandem_dataplane::{CountersSnapshot, DataplaneEvent, EventReceiver};
 use tandem_ike::{ChildSaInfo, Endpoint, Event, IkeSaId, IkeSaInfo};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
@@ -122,8 +122,12 @@ impl EngineTask {
     pub async fn run(
         mut self,
         mut datagrams: mpsc::Receiver<Datagram>,
-        mut dp_events: Option<mpsc::Receiver<DataplaneEvent>>,
+        mut dp_events: Option<EventReceiver>,
     ) {
+        // Trap policies' routes are in place before anything is initiated or served.
+        if let Some(esp) = &self.esp {
+            esp.routes_settled().await;
+        }
         self.endpoint.start_configured(Instant::now());
         self.flush().await;
         loop {
@@ -311,7 +315,7 @@ impl EngineTask {
         }
         self.flush().await;
         if let Some(esp) = &mut self.esp {
-            esp.shutdown();
+            esp.shutdown().await;
         }
     }
 
@@ -403,8 +407,8 @@ fn peers_for(config: &Config) -> Vec<tandem_ike::PeerConfig> {
     peers
 }
 
-/// Receive from an optional channel (pending forever when there is none).
-async fn recv_opt<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+/// Receive from the dataplane, if there is one (pending forever when there is none).
+async fn recv_opt(rx: &mut Option<EventReceiver>) -> Option<DataplaneEvent> {
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,

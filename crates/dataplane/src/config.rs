@@ -67,8 +67,9 @@ pub struct DataplaneConfig {
     pub invalid_spi_interval: Duration,
     /// SO_RCVBUF/SO_SNDBUF of the outer sockets (SO_*BUFFORCE when privileged).
     pub socket_buffer: usize,
-    /// Capacity of the event channel to the control plane (events beyond it are dropped and
-    /// counted; the dataplane never blocks on the control plane).
+    /// IKE datagrams from the NAT-T sockets that may wait for the control plane (beyond it they
+    /// are dropped and counted; the dataplane never blocks on the control plane). Control
+    /// events have their own channel and are never dropped (see `events`).
     pub event_capacity: usize,
     /// How long a replaced inbound SA keeps accepting packets after a rekey (in-flight packets).
     pub rekey_linger: Duration,

@@ -74,8 +74,12 @@ counters! {
     drop_malformed_inner,
     /// InvalidSpi events sent to the control plane.
     invalid_spi_reports,
-    /// Events dropped because the control plane did not keep up.
+    /// Events dropped because the control plane did not keep up: IKE datagrams beyond the
+    /// datagram channel's capacity, and INVALID_SPI reports beyond their cap. Lifetime events
+    /// and Acquires are never dropped (see `events`).
     drop_events,
+    /// Control events merged into an equal one that was still waiting for the control plane.
+    events_coalesced,
     /// Send failures on the outer sockets and write failures on the TUN.
     send_errors,
     tun_write_errors,

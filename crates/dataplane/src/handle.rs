@@ -15,12 +15,11 @@ use tandem_esp::listing::SaInfo;
 use tandem_esp::sa::ChildSaSpec;
 use tandem_esp::sad::{Sad, SadError};
 use tandem_esp::spd::Policy;
-use tokio::sync::mpsc;
 
 use crate::config::{DataplaneConfig, TunConfig};
 use crate::counters::{Counters, CountersSnapshot};
 use crate::egress::{send_one, Egress};
-use crate::events::{DataplaneEvent, EventSink};
+use crate::events::{event_channel, EventReceiver};
 use crate::inbound::Inbound;
 use crate::outbound::Outbound;
 use crate::policy::Policies;
@@ -70,10 +69,9 @@ pub struct DataplaneHandle {
 
 impl DataplaneHandle {
     /// Create the TUN, bind the sockets, start the worker threads. Events (IKE datagrams from the
-    /// NAT-T sockets, Acquires, unknown SPIs, lifetimes) arrive on the returned receiver.
-    pub fn start(
-        cfg: DataplaneConfig,
-    ) -> Result<(DataplaneHandle, mpsc::Receiver<DataplaneEvent>), DataplaneError> {
+    /// NAT-T sockets, Acquires, unknown SPIs, lifetimes) arrive on the returned receiver, control
+    /// events first and never dropped (see `events`).
+    pub fn start(cfg: DataplaneConfig) -> Result<(DataplaneHandle, EventReceiver), DataplaneError> {
         let sad =
             Arc::new(Sad::new(Arc::new(CoarseClock::new(Instant::now()))).with_rekey_grace(cfg.rekey_linger));
         Self::start_with_sad(cfg, sad)
@@ -83,7 +81,7 @@ impl DataplaneHandle {
     pub fn start_with_sad(
         cfg: DataplaneConfig,
         sad: Arc<Sad>,
-    ) -> Result<(DataplaneHandle, mpsc::Receiver<DataplaneEvent>), DataplaneError> {
+    ) -> Result<(DataplaneHandle, EventReceiver), DataplaneError> {
         let tun = Tun::create(&cfg.tun)
             .map_err(|source| DataplaneError::Tun { name: cfg.tun.name.clone(), source })?;
         let mut udp = Vec::new();
@@ -105,12 +103,12 @@ impl DataplaneHandle {
             }
         }
         let counters = Arc::new(Counters::default());
-        let (tx, rx) = mpsc::channel(cfg.event_capacity.max(1));
+        let (events, rx) = event_channel(cfg.event_capacity, counters.clone());
         let mut table =
             TunTable { list: vec![TunEntry { tun: Arc::new(tun), reqid: None }], ..Default::default() };
         table.rebuild_index();
         let shared = Arc::new(Shared {
-            events: EventSink::new(tx, counters.clone()),
+            events,
             counters: counters.clone(),
             sad,
             policies: Policies::default(),
@@ -166,6 +164,23 @@ impl DataplaneHandle {
     /// time (make-before-break).
     pub fn install_child_sa(&self, install: &tandem_ike::ChildSaInstall) -> Result<(), SadError> {
         self.install_sa(&crate::install::spec_from_install(install))
+    }
+
+    /// Install many CHILD SAs at once (an HA standby taking over thousands of SAs): the packet
+    /// path sees them all in one new SAD snapshot, and the result of each comes back in order
+    /// (a taken inbound SPI fails that SA alone). Trap queues of their reqids are flushed once.
+    pub fn install_sas(&self, specs: &[ChildSaSpec]) -> Vec<Result<(), SadError>> {
+        let results = self.shared.sad.install_specs(specs, Instant::now());
+        if results.iter().any(Result::is_ok) {
+            self.shared.wake_out.wake();
+        }
+        results
+    }
+
+    /// `install_sas` for CHILD SAs negotiated by the IKE engine (or restored from its state).
+    pub fn install_child_sas(&self, installs: &[tandem_ike::ChildSaInstall]) -> Vec<Result<(), SadError>> {
+        let specs: Vec<ChildSaSpec> = installs.iter().map(crate::install::spec_from_install).collect();
+        self.install_sas(&specs)
     }
 
     /// Remove the CHILD SA with this inbound SPI at once. Returns whether it existed.

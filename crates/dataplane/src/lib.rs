@@ -32,7 +32,7 @@ pub mod worker;
 
 pub use config::{DataplaneConfig, TunConfig, DEFAULT_TUN_MTU};
 pub use counters::CountersSnapshot;
-pub use events::DataplaneEvent;
+pub use events::{DataplaneEvent, EventReceiver};
 pub use handle::{DataplaneError, DataplaneHandle, InterfaceInfo};
 /// The ESP core types the handle's API uses.
 pub use tandem_esp;

@@ -310,3 +310,85 @@ fn transport_mode_between_the_hosts() {
     }
     assert!(ha.counters().esp_rx_ok >= 3 && hb.counters().esp_rx_ok >= 3);
 }
+
+#[test]
+fn an_ike_datagram_flood_does_not_drop_a_soft_limit_event() {
+    if !require_root() {
+        return;
+    }
+    let ns = NsPair::new("flood", 79);
+    let (ha, _ra) = start(&ns.a, config("tnd0", natt(ns.addr_a)));
+    // Room for 4 IKE datagrams: the flood below fills it, and b's control plane reads nothing.
+    let mut cfg_b = config("tnd0", natt(ns.addr_b));
+    cfg_b.event_capacity = 4;
+    let (hb, mut rb) = start(&ns.b, cfg_b);
+    setup_inner(&ns);
+    ha.add_policy(protect(1, 1, "172.16.1.0/24", "172.16.2.0/24"));
+    hb.add_policy(protect(1, 1, "172.16.2.0/24", "172.16.1.0/24"));
+    let (sa_a, mut sa_b) =
+        sa_pair(&params(EncrAlg::AesGcm16_128, None, false, true), natt(ns.addr_a), natt(ns.addr_b));
+    sa_b.lifetime.soft_packets = Some(3);
+    ha.install_sa(&sa_a).unwrap();
+    hb.install_sa(&sa_b).unwrap();
+
+    let flood = |n: u32| {
+        for i in 0..n {
+            let _ = ha.send_ike(natt(ns.addr_a), natt(ns.addr_b), &i.to_be_bytes());
+        }
+    };
+    flood(2000);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while hb.counters().drop_events < 1000 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(hb.counters().drop_events >= 1000, "the datagram channel is full: {:?}", hb.counters());
+    // The soft limit is reached while the flood goes on.
+    std::thread::scope(|s| {
+        s.spawn(|| flood(20_000));
+        assert!(ping(&ns, &ns.a, "172.16.1.1", "172.16.2.1", 4));
+    });
+    let ev = wait_event(&mut rb, Duration::from_secs(3), |e| matches!(e, DataplaneEvent::SoftLimit { .. }));
+    assert_eq!(ev, Some(DataplaneEvent::SoftLimit { reqid: 1, spi_in: sa_b.spi_in, spi_out: sa_b.spi_out }));
+    let c = hb.counters();
+    assert!(c.drop_events >= 10_000 && c.ike_rx >= c.drop_events, "{c:?}");
+    ha.shutdown();
+    hb.shutdown();
+}
+
+#[test]
+fn thousands_of_sas_installed_at_once_carry_traffic() {
+    if !require_root() {
+        return;
+    }
+    let ns = NsPair::new("bulk", 80);
+    let (ha, _ra) = start(&ns.a, config("tnd0", natt(ns.addr_a)));
+    let (hb, _rb) = start(&ns.b, config("tnd0", natt(ns.addr_b)));
+    setup_inner(&ns);
+    const N: u32 = 3000;
+    // SA i has reqid i + 1 and SPIs 0x10000 + i (a to b) and 0x20000 + i (b to a).
+    let (mut side_a, mut side_b) = (Vec::new(), Vec::new());
+    for i in 0..N {
+        let mut p = params(EncrAlg::AesGcm16_128, None, false, true);
+        (p.reqid, p.spi_ab, p.spi_ba) = (i + 1, 0x1_0000 + i, 0x2_0000 + i);
+        let (a, b) = sa_pair(&p, natt(ns.addr_a), natt(ns.addr_b));
+        side_a.push(a);
+        side_b.push(b);
+    }
+    side_a.push(side_a[7].clone()); // its inbound SPI is taken by then
+    let results = ha.install_sas(&side_a);
+    assert_eq!(results.len(), N as usize + 1);
+    assert!(results[..N as usize].iter().all(Result::is_ok));
+    assert!(results[N as usize].is_err());
+    assert!(hb.install_sas(&side_b).iter().all(Result::is_ok));
+    assert_eq!(ha.list_sas().len(), 2 * N as usize);
+    // Traffic on one SA from the middle of the batch.
+    let reqid = 1234;
+    ha.add_policy(protect(1, reqid, "172.16.1.0/24", "172.16.2.0/24"));
+    hb.add_policy(protect(1, reqid, "172.16.2.0/24", "172.16.1.0/24"));
+    assert!(ping(&ns, &ns.a, "172.16.1.1", "172.16.2.1", 3));
+    let used: Vec<_> = ha.list_sas().into_iter().filter(|s| s.counters.packets > 0).collect();
+    assert_eq!(used.len(), 2, "{used:?}");
+    assert!(used.iter().all(|s| s.reqid == reqid), "{used:?}");
+    ha.shutdown();
+    hb.shutdown();
+}

@@ -1,7 +1,13 @@
 //! The SA database. Readers (the packet path) see an immutable snapshot, swapped atomically with
 //! `arc-swap` whenever the control plane installs or removes an SA: a lookup is one atomic load per
-//! batch plus a hash probe per packet, with no lock and no reference-count traffic per packet. Writes
-//! rebuild the snapshot (O(number of SAs)), which suits a control plane that changes SAs rarely.
+//! batch plus a shard index and a hash probe per packet, with no lock and no reference-count traffic
+//! per packet.
+//!
+//! Writes are copy-on-write but incremental: the snapshot's maps are split into [`SHARDS`] shards
+//! behind their own `Arc`s, so a change copies the shard table (pointers) and the shards it
+//! touches, not the whole SAD. One install into a SAD of n pairs costs O(SHARDS + n / SHARDS)
+//! instead of O(n), and [`Sad::install_many`] installs thousands of pairs (an HA standby taking
+//! over) with one publication.
 //!
 //! SAs are installed in pairs (both directions of a CHILD SA) and identified by the inbound SPI,
 //! which this node chose and which is therefore unique. Outbound lookups go by reqid and find the
@@ -47,26 +53,87 @@ impl Hasher for U32Hasher {
 
 type U32Map<V> = HashMap<u32, V, BuildHasherDefault<U32Hasher>>;
 
+/// log2 of [`SHARDS`].
+const SHARD_BITS: u32 = 8;
+
+/// Shards of each snapshot map. 256 keeps a change at 10,000 pairs to copying 256 pointers and
+/// a shard of about 40 entries, and costs the packet path one extra pointer hop.
+pub const SHARDS: usize = 1 << SHARD_BITS;
+
+/// The shard of a key: the top bits of a multiplicative hash, independent of the bits the
+/// shard's own hash table uses (`U32Hasher`'s 64-bit mix), so keys of one shard still spread
+/// over its buckets.
+#[inline]
+fn shard_of(key: u32) -> usize {
+    (key.wrapping_mul(0x9e37_79b9) >> (32 - SHARD_BITS)) as usize
+}
+
+/// A u32-keyed map split into shards that are shared between snapshots until changed.
+struct ShardedMap<V> {
+    /// Inline, so a lookup goes snapshot -> shard -> bucket with no hop through a table box.
+    shards: [Arc<U32Map<V>>; SHARDS],
+    len: usize,
+}
+
+// Manual impls: derives would ask for `V: Default` / `V: Clone` bounds the shards do not need.
+impl<V> Default for ShardedMap<V> {
+    fn default() -> Self {
+        let empty = Arc::new(U32Map::default());
+        ShardedMap { shards: std::array::from_fn(|_| empty.clone()), len: 0 }
+    }
+}
+
+impl<V> Clone for ShardedMap<V> {
+    /// Copies the shard table only: `SHARDS` reference counts, no entries.
+    fn clone(&self) -> Self {
+        ShardedMap { shards: self.shards.clone(), len: self.len }
+    }
+}
+
+impl<V: Clone> ShardedMap<V> {
+    #[inline]
+    fn get(&self, key: u32) -> Option<&V> {
+        self.shards[shard_of(key)].get(&key)
+    }
+
+    /// Copies the key's shard first if another snapshot still shares it.
+    fn insert(&mut self, key: u32, value: V) {
+        if Arc::make_mut(&mut self.shards[shard_of(key)]).insert(key, value).is_none() {
+            self.len += 1;
+        }
+    }
+
+    fn remove(&mut self, key: u32) {
+        let shard = &mut self.shards[shard_of(key)];
+        if shard.contains_key(&key) {
+            Arc::make_mut(shard).remove(&key);
+            self.len -= 1;
+        }
+    }
+}
+
 /// An immutable view of the SAD for the packet path.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct SadSnapshot {
-    inbound: U32Map<Arc<InboundSa>>,
-    outbound: U32Map<Arc<OutboundSa>>,
+    inbound: ShardedMap<Arc<InboundSa>>,
+    outbound: ShardedMap<Arc<OutboundSa>>,
 }
 
 impl SadSnapshot {
     /// The inbound SA with this SPI (including retired ones in their grace period).
+    #[inline]
     pub fn inbound(&self, spi: u32) -> Option<&InboundSa> {
-        self.inbound.get(&spi).map(|a| &**a)
+        self.inbound.get(spi).map(|a| &**a)
     }
 
     /// The outbound SA currently used for `reqid`.
+    #[inline]
     pub fn outbound(&self, reqid: u32) -> Option<&Arc<OutboundSa>> {
-        self.outbound.get(&reqid)
+        self.outbound.get(reqid)
     }
 
     pub fn inbound_len(&self) -> usize {
-        self.inbound.len()
+        self.inbound.len
     }
 }
 
@@ -93,10 +160,87 @@ struct Entry {
     replaces: Option<u32>,
 }
 
+impl Entry {
+    /// Order among the senders of a reqid: an active outbound SA before a deferred one, then
+    /// the newest.
+    fn rank(&self) -> (bool, u64) {
+        (self.outbound_active, self.serial)
+    }
+
+    fn reqid(&self) -> u32 {
+        self.outbound.reqid()
+    }
+}
+
+/// The writers' state, behind the control mutex. Every change goes through its methods, which
+/// keep `senders` in step with `pairs` and note the reqids whose outbound SA may have changed.
 #[derive(Default)]
 struct Control {
     pairs: BTreeMap<u32, Entry>,
+    /// Per reqid, the pairs that may send (not retired) by rank, so the outbound SA of a reqid is
+    /// found in O(log k) even when many pairs share it (one vpn template, many peers).
+    senders: U32Map<BTreeMap<(bool, u64), u32>>,
     next_serial: u64,
+}
+
+impl Control {
+    fn add_sender(&mut self, reqid: u32, rank: (bool, u64), spi: u32) {
+        self.senders.entry(reqid).or_default().insert(rank, spi);
+    }
+
+    fn drop_sender(&mut self, reqid: u32, rank: (bool, u64)) {
+        if let Some(m) = self.senders.get_mut(&reqid) {
+            m.remove(&rank);
+            if m.is_empty() {
+                self.senders.remove(&reqid);
+            }
+        }
+    }
+
+    /// Marks the pair retired (once: the first deadline stands). Returns its reqid.
+    fn retire(&mut self, spi: u32, until: Instant) -> Option<u32> {
+        let e = self.pairs.get_mut(&spi)?;
+        if e.retired_until.is_some() {
+            return None;
+        }
+        e.retired_until = Some(until);
+        let (reqid, rank) = (e.reqid(), e.rank());
+        self.drop_sender(reqid, rank);
+        Some(reqid)
+    }
+
+    fn remove(&mut self, spi: u32) -> Option<Entry> {
+        let e = self.pairs.remove(&spi)?;
+        if e.retired_until.is_none() {
+            self.drop_sender(e.reqid(), e.rank());
+        }
+        Some(e)
+    }
+
+    /// The outbound SA `reqid` sends on now.
+    fn best_outbound(&self, reqid: u32) -> Option<&Arc<OutboundSa>> {
+        let (_, spi) = self.senders.get(&reqid)?.last_key_value()?;
+        self.pairs.get(spi).map(|e| &e.outbound)
+    }
+}
+
+/// Changes to one new snapshot, made under the control mutex and published once.
+struct Draft {
+    next: SadSnapshot,
+    /// reqids whose outbound entry must be recomputed before publication.
+    reqids: Vec<u32>,
+}
+
+impl Draft {
+    fn new(current: &SadSnapshot) -> Draft {
+        Draft { next: current.clone(), reqids: Vec::new() }
+    }
+
+    fn touch(&mut self, reqid: Option<u32>) {
+        if let Some(r) = reqid {
+            self.reqids.push(r);
+        }
+    }
 }
 
 /// See the module documentation.
@@ -111,7 +255,7 @@ pub struct Sad {
 
 impl std::fmt::Debug for Sad {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sad").field("inbound", &self.snapshot.load().inbound.len()).finish_non_exhaustive()
+        f.debug_struct("Sad").field("inbound", &self.snapshot.load().inbound.len).finish_non_exhaustive()
     }
 }
 
@@ -175,19 +319,25 @@ impl Sad {
         }
     }
 
-    fn publish(&self, ctl: &Control) {
-        let mut snap = SadSnapshot::default();
-        // Per reqid the best outbound SA: an active one before a deferred one, then the newest.
-        let mut best: U32Map<(bool, u64)> = U32Map::default();
-        for e in ctl.pairs.values() {
-            snap.inbound.insert(e.inbound.spi(), e.inbound.clone());
-            let rank = (e.outbound_active, e.serial);
-            if e.retired_until.is_none() && best.get(&e.outbound.reqid()).is_none_or(|&r| r < rank) {
-                best.insert(e.outbound.reqid(), rank);
-                snap.outbound.insert(e.outbound.reqid(), e.outbound.clone());
+    /// A draft of the next snapshot. Call with the control mutex held: only writers holding it
+    /// store snapshots, so the one loaded here is the latest.
+    fn draft(&self) -> Draft {
+        Draft::new(&self.snapshot.load())
+    }
+
+    /// Recomputes the outbound SA of each touched reqid and makes the draft the snapshot.
+    fn publish(&self, ctl: &Control, mut d: Draft) {
+        d.reqids.sort_unstable();
+        d.reqids.dedup();
+        for &reqid in &d.reqids {
+            match ctl.best_outbound(reqid) {
+                // Unchanged: leave the shard shared with the previous snapshot.
+                Some(o) if d.next.outbound.get(reqid).is_some_and(|cur| Arc::ptr_eq(cur, o)) => {}
+                Some(o) => d.next.outbound.insert(reqid, o.clone()),
+                None => d.next.outbound.remove(reqid),
             }
         }
-        self.snapshot.store(Arc::new(snap));
+        self.snapshot.store(Arc::new(d.next));
     }
 
     /// Builds the pair of `spec` with this SAD's clock and installs it.
@@ -197,36 +347,84 @@ impl Sad {
 
     /// Installs a pair. If it replaces another (`replaces_spi_in`), that one is retired.
     pub fn install(&self, pair: ChildSaPair, now: Instant) -> Result<(), SadError> {
-        let spi = pair.inbound.spi();
-        let inbound = Arc::new(pair.inbound);
-        let outbound = Arc::new(pair.outbound);
+        self.install_many([pair], now).pop().unwrap_or(Ok(()))
+    }
+
+    /// Builds and installs the pairs of many specs with one snapshot publication; see
+    /// [`Sad::install_many`]. The keys are prepared before the control mutex is taken.
+    pub fn install_specs(&self, specs: &[ChildSaSpec], now: Instant) -> Vec<Result<(), SadError>> {
+        let built: Vec<Result<ChildSaPair, SaError>> =
+            specs.iter().map(|s| ChildSaPair::new(s, &self.clock)).collect();
+        let mut results: Vec<Result<(), SadError>> = Vec::with_capacity(specs.len());
+        let mut ok = Vec::with_capacity(specs.len());
+        for b in built {
+            match b {
+                Ok(p) => {
+                    results.push(Ok(()));
+                    ok.push(p);
+                }
+                Err(e) => results.push(Err(e.into())),
+            }
+        }
+        let mut installed = self.install_many(ok, now).into_iter();
+        for r in results.iter_mut().filter(|r| r.is_ok()) {
+            *r = installed.next().unwrap_or(Ok(()));
+        }
+        results
+    }
+
+    /// Installs many pairs at once (an HA standby taking over thousands of SAs): the same as
+    /// installing them one after the other, in order, but the packet path sees one new snapshot
+    /// with all of them, built in O(SHARDS + pairs) instead of once per pair. A pair whose
+    /// inbound SPI is taken fails alone; the result of each pair is returned in order.
+    pub fn install_many(
+        &self,
+        pairs: impl IntoIterator<Item = ChildSaPair>,
+        now: Instant,
+    ) -> Vec<Result<(), SadError>> {
+        let mut results = Vec::new();
+        let mut events = Vec::new();
         {
             let mut ctl = relock(&self.control);
-            if ctl.pairs.contains_key(&spi) {
-                return Err(SadError::SpiInUse(spi));
+            let mut d = self.draft();
+            for pair in pairs {
+                let spi = pair.inbound.spi();
+                if ctl.pairs.contains_key(&spi) {
+                    results.push(Err(SadError::SpiInUse(spi)));
+                    continue;
+                }
+                let inbound = Arc::new(pair.inbound);
+                let outbound = Arc::new(pair.outbound);
+                let serial = ctl.next_serial;
+                ctl.next_serial += 1;
+                let entry = Entry {
+                    inbound: inbound.clone(),
+                    outbound: outbound.clone(),
+                    serial,
+                    retired_until: None,
+                    soft_reported: false,
+                    outbound_active: !pair.defer_outbound,
+                    replaces: pair.replaces_spi_in,
+                };
+                let (reqid, rank) = (entry.reqid(), entry.rank());
+                ctl.pairs.insert(spi, entry);
+                ctl.add_sender(reqid, rank, spi);
+                d.next.inbound.insert(spi, inbound.clone());
+                d.touch(Some(reqid));
+                // A deferred pair leaves the old one sending until `activate` or its retirement.
+                if let Some(old) = pair.replaces_spi_in.filter(|_| !pair.defer_outbound) {
+                    let r = ctl.retire(old, now + self.grace);
+                    d.touch(r);
+                }
+                events.push(SadEvent::Installed { inbound, outbound });
+                results.push(Ok(()));
             }
-            let serial = ctl.next_serial;
-            ctl.next_serial += 1;
-            let entry = Entry {
-                inbound: inbound.clone(),
-                outbound: outbound.clone(),
-                serial,
-                retired_until: None,
-                soft_reported: false,
-                outbound_active: !pair.defer_outbound,
-                replaces: pair.replaces_spi_in,
-            };
-            ctl.pairs.insert(spi, entry);
-            // A deferred pair leaves the old one sending until `activate` or its retirement.
-            if let Some(old) =
-                pair.replaces_spi_in.filter(|_| !pair.defer_outbound).and_then(|s| ctl.pairs.get_mut(&s))
-            {
-                old.retired_until.get_or_insert(now + self.grace);
+            if !events.is_empty() {
+                self.publish(&ctl, d);
             }
-            self.publish(&ctl);
         }
-        self.notify(&[SadEvent::Installed { inbound, outbound }]);
-        Ok(())
+        self.notify(&events);
+        results
     }
 
     /// Called by every receive path after `sa` authenticated a packet: the first such packet of
@@ -247,21 +445,34 @@ impl Sad {
         if e.outbound_active {
             return;
         }
+        let (reqid, old_rank, replaces, retired) =
+            (e.reqid(), e.rank(), e.replaces, e.retired_until.is_some());
         e.outbound_active = true;
-        // The peer has moved on: the replaced pair only receives packets in flight now.
-        if let Some(old) = e.replaces.and_then(|s| ctl.pairs.get_mut(&s)) {
-            old.retired_until.get_or_insert(self.clock.now() + self.grace);
+        let new_rank = e.rank();
+        if !retired {
+            ctl.drop_sender(reqid, old_rank);
+            ctl.add_sender(reqid, new_rank, spi_in);
         }
-        self.publish(&ctl);
+        let mut d = self.draft();
+        d.touch(Some(reqid));
+        // The peer has moved on: the replaced pair only receives packets in flight now.
+        if let Some(old) = replaces {
+            let r = ctl.retire(old, self.clock.now() + self.grace);
+            d.touch(r);
+        }
+        self.publish(&ctl, d);
     }
 
     /// Removes the pair with inbound SPI `spi_in` at once. Returns whether it existed.
     pub fn remove(&self, spi_in: u32) -> bool {
         let removed = {
             let mut ctl = relock(&self.control);
-            let e = ctl.pairs.remove(&spi_in);
-            if e.is_some() {
-                self.publish(&ctl);
+            let e = ctl.remove(spi_in);
+            if let Some(e) = &e {
+                let mut d = self.draft();
+                d.next.inbound.remove(spi_in);
+                d.touch(Some(e.reqid()));
+                self.publish(&ctl, d);
             }
             e
         };
@@ -278,9 +489,14 @@ impl Sad {
     /// `now + grace` and `tick` removes it then. Returns whether it existed.
     pub fn retire(&self, spi_in: u32, now: Instant) -> bool {
         let mut ctl = relock(&self.control);
-        let Some(e) = ctl.pairs.get_mut(&spi_in) else { return false };
-        e.retired_until.get_or_insert(now + self.grace);
-        self.publish(&ctl);
+        if !ctl.pairs.contains_key(&spi_in) {
+            return false;
+        }
+        if let Some(reqid) = ctl.retire(spi_in, now + self.grace) {
+            let mut d = self.draft();
+            d.touch(Some(reqid));
+            self.publish(&ctl, d);
+        }
         true
     }
 
@@ -289,7 +505,8 @@ impl Sad {
         let pairs = {
             let mut ctl = relock(&self.control);
             let pairs = std::mem::take(&mut ctl.pairs);
-            self.publish(&ctl);
+            ctl.senders.clear();
+            self.snapshot.store(Arc::new(SadSnapshot::default()));
             pairs
         };
         let events: Vec<_> = pairs.values().map(|e| removed_event(e, RemoveReason::Flushed)).collect();
@@ -328,13 +545,16 @@ impl Sad {
                     }
                 }
             }
-            for (spi, reason) in &gone {
-                if let Some(e) = ctl.pairs.remove(spi) {
-                    events.push(removed_event(&e, *reason));
-                }
-            }
             if !gone.is_empty() {
-                self.publish(&ctl);
+                let mut d = self.draft();
+                for (spi, reason) in &gone {
+                    if let Some(e) = ctl.remove(*spi) {
+                        d.next.inbound.remove(*spi);
+                        d.touch(Some(e.reqid()));
+                        events.push(removed_event(&e, *reason));
+                    }
+                }
+                self.publish(&ctl, d);
             }
         }
         self.notify(&events);
@@ -343,12 +563,12 @@ impl Sad {
 
     /// The inbound SA with this SPI (control plane; the packet path uses `snapshot`).
     pub fn get_inbound(&self, spi: u32) -> Option<Arc<InboundSa>> {
-        self.snapshot.load().inbound.get(&spi).cloned()
+        self.snapshot.load().inbound.get(spi).cloned()
     }
 
     /// The outbound SA currently used for `reqid`.
     pub fn get_outbound(&self, reqid: u32) -> Option<Arc<OutboundSa>> {
-        self.snapshot.load().outbound.get(&reqid).cloned()
+        self.snapshot.load().outbound.get(reqid).cloned()
     }
 
     /// The outbound SA of the pair with inbound SPI `spi_in` (also when retired).
@@ -393,5 +613,194 @@ fn removed_event(e: &Entry, reason: RemoveReason) -> SadEvent {
         reason,
         counters_in: e.inbound.counters().snapshot(),
         counters_out: e.outbound.counters().snapshot(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The incremental snapshot against the full rebuild it replaced, over random sequences of
+    //! installs (single and bulk), rekeys with and without deferred outbound, activations,
+    //! retirements, removals, ticks and flushes.
+
+    use super::*;
+    use crate::lifetime::LifetimeLimits;
+    use crate::sa::{KeyMaterial, Mode};
+    use proptest::prelude::*;
+    use tandem_crypto::EncrAlg;
+    use zeroize::Zeroizing;
+
+    const SPIS: u32 = 24;
+    const REQIDS: u32 = 4;
+
+    fn spi(i: u32) -> u32 {
+        0x1000 + i
+    }
+
+    fn spec(i: u32, reqid: u32, replaces: Option<u32>, defer: bool) -> ChildSaSpec {
+        let key = Zeroizing::new(vec![7u8; EncrAlg::AesGcm16_128.key_material_len()]);
+        ChildSaSpec {
+            name: "t".into(),
+            reqid,
+            spi_in: spi(i),
+            spi_out: 0x9000 + i,
+            encr: EncrAlg::AesGcm16_128,
+            integ: None,
+            esn: false,
+            mode: Mode::Tunnel,
+            local: "192.0.2.1:4500".parse().unwrap(),
+            remote: "192.0.2.2:4500".parse().unwrap(),
+            udp_encap: true,
+            replay_window: 64,
+            lifetime: LifetimeLimits::default(),
+            local_ts: Vec::new(),
+            remote_ts: Vec::new(),
+            keys_in: KeyMaterial { encr: key.clone(), integ: Zeroizing::new(Vec::new()) },
+            keys_out: KeyMaterial { encr: key, integ: Zeroizing::new(Vec::new()) },
+            replaces_spi_in: replaces.map(spi),
+            defer_outbound: defer,
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Install { i: u32, reqid: u32, replaces: Option<u32>, defer: bool },
+        InstallMany(Vec<(u32, u32, Option<u32>, bool)>),
+        Activate(u32),
+        Retire(u32),
+        Remove(u32),
+        Tick(u64),
+        Flush,
+    }
+
+    fn install() -> impl Strategy<Value = (u32, u32, Option<u32>, bool)> {
+        (0..SPIS, 0..REQIDS, proptest::option::of(0..SPIS), any::<bool>())
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            6 => install().prop_map(|(i, reqid, replaces, defer)| Op::Install { i, reqid, replaces, defer }),
+            2 => proptest::collection::vec(install(), 0..12).prop_map(Op::InstallMany),
+            3 => (0..SPIS).prop_map(Op::Activate),
+            2 => (0..SPIS).prop_map(Op::Retire),
+            2 => (0..SPIS).prop_map(Op::Remove),
+            2 => (0u64..1500).prop_map(Op::Tick),
+            1 => Just(Op::Flush),
+        ]
+    }
+
+    /// The snapshot as the former full rebuild made it from the control state.
+    fn rebuilt(ctl: &Control) -> (U32Map<Arc<InboundSa>>, U32Map<Arc<OutboundSa>>) {
+        let (mut inbound, mut outbound) = (U32Map::default(), U32Map::default());
+        let mut best: U32Map<(bool, u64)> = U32Map::default();
+        for e in ctl.pairs.values() {
+            inbound.insert(e.inbound.spi(), e.inbound.clone());
+            let rank = (e.outbound_active, e.serial);
+            if e.retired_until.is_none() && best.get(&e.reqid()).is_none_or(|&r| r < rank) {
+                best.insert(e.reqid(), rank);
+                outbound.insert(e.reqid(), e.outbound.clone());
+            }
+        }
+        (inbound, outbound)
+    }
+
+    fn check(sad: &Sad) -> Result<(), TestCaseError> {
+        let ctl = relock(&sad.control);
+        let snap = sad.snapshot();
+        let (inbound, outbound) = rebuilt(&ctl);
+        prop_assert_eq!(snap.inbound_len(), inbound.len());
+        prop_assert_eq!(snap.outbound.len, outbound.len());
+        for i in 0..SPIS {
+            let want = inbound.get(&spi(i)).map(Arc::as_ptr);
+            prop_assert_eq!(snap.inbound.get(spi(i)).map(Arc::as_ptr), want, "inbound {:#x}", spi(i));
+        }
+        for r in 0..REQIDS {
+            let want = outbound.get(&r).map(Arc::as_ptr);
+            prop_assert_eq!(snap.outbound(r).map(Arc::as_ptr), want, "outbound of reqid {}", r);
+        }
+        let senders: usize = ctl.senders.values().map(BTreeMap::len).sum();
+        prop_assert_eq!(senders, ctl.pairs.values().filter(|e| e.retired_until.is_none()).count());
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn incremental_snapshot_equals_full_rebuild(ops in proptest::collection::vec(op(), 1..60)) {
+            let t0 = Instant::now();
+            let sad = Sad::new(Arc::new(CoarseClock::new(t0))).with_rekey_grace(Duration::from_secs(1));
+            let mut now = t0;
+            for op in ops {
+                match op {
+                    Op::Install { i, reqid, replaces, defer } => {
+                        let want_ok = sad.get_inbound(spi(i)).is_none();
+                        prop_assert_eq!(sad.install_spec(&spec(i, reqid, replaces, defer), now).is_ok(), want_ok);
+                    }
+                    Op::InstallMany(list) => {
+                        let specs: Vec<_> = list.iter().map(|&(i, r, rep, d)| spec(i, r, rep, d)).collect();
+                        let mut taken: Vec<u32> = sad.pairs().iter().map(|p| p.0.spi()).collect();
+                        let results = sad.install_specs(&specs, now);
+                        prop_assert_eq!(results.len(), specs.len());
+                        for (s, r) in specs.iter().zip(&results) {
+                            let free = !taken.contains(&s.spi_in);
+                            prop_assert_eq!(r.is_ok(), free);
+                            if free {
+                                taken.push(s.spi_in);
+                            } else {
+                                prop_assert_eq!(r, &Err(SadError::SpiInUse(s.spi_in)));
+                            }
+                        }
+                    }
+                    Op::Activate(i) => sad.activate(spi(i)),
+                    Op::Retire(i) => {
+                        let had = sad.get_inbound(spi(i)).is_some();
+                        prop_assert_eq!(sad.retire(spi(i), now), had);
+                    }
+                    Op::Remove(i) => {
+                        let had = sad.get_inbound(spi(i)).is_some();
+                        prop_assert_eq!(sad.remove(spi(i)), had);
+                    }
+                    Op::Tick(ms) => {
+                        now += Duration::from_millis(ms);
+                        sad.tick(now);
+                    }
+                    Op::Flush => {
+                        sad.flush();
+                    }
+                }
+                check(&sad)?;
+            }
+        }
+    }
+
+    #[test]
+    fn bulk_install_publishes_every_pair_and_reports_each() {
+        struct Count(Arc<Mutex<usize>>);
+        impl SadObserver for Count {
+            fn on_event(&mut self, e: &SadEvent) {
+                if matches!(e, SadEvent::Installed { .. }) {
+                    *self.0.lock().unwrap() += 1;
+                }
+            }
+        }
+        let t0 = Instant::now();
+        let sad = Sad::new(Arc::new(CoarseClock::new(t0)));
+        let installed = Arc::new(Mutex::new(0));
+        sad.add_observer(Box::new(Count(installed.clone())));
+        let before = sad.snapshot().clone();
+        let mut specs: Vec<ChildSaSpec> = (0..2000).map(|i| spec(i, i % 7, None, false)).collect();
+        specs.push(spec(5, 0, None, false)); // SPI taken earlier in the same batch
+        let results = sad.install_specs(&specs, t0);
+        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 2000);
+        assert_eq!(results[2000], Err(SadError::SpiInUse(spi(5))));
+        assert_eq!(*installed.lock().unwrap(), 2000);
+        assert_eq!(before.inbound_len(), 0, "an earlier snapshot is not changed");
+        let snap = sad.snapshot();
+        assert_eq!(snap.inbound_len(), 2000);
+        assert!((0..2000).all(|i| snap.inbound(spi(i)).is_some()));
+        // The newest pair of each reqid sends.
+        for r in 0..7u32 {
+            let newest = (0..2000u32).filter(|i| i % 7 == r).max().unwrap();
+            assert_eq!(snap.outbound(r).unwrap().spi(), 0x9000 + newest);
+        }
     }
 }

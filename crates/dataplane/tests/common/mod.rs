@@ -10,9 +10,8 @@ use std::time::{Duration, Instant};
 use tandem_dataplane::tandem_esp::lifetime::LifetimeLimits;
 use tandem_dataplane::tandem_esp::sa::{ChildSaSpec, KeyMaterial, Mode};
 use tandem_dataplane::tandem_esp::spd::{Policy, PolicyAction};
-use tandem_dataplane::{DataplaneConfig, DataplaneEvent, DataplaneHandle, TunConfig};
+use tandem_dataplane::{DataplaneConfig, DataplaneEvent, DataplaneHandle, EventReceiver, TunConfig};
 use tandem_wire::TrafficSelector;
-use tokio::sync::mpsc::Receiver;
 use zeroize::Zeroizing;
 
 pub use tandem_crypto::{EncrAlg, IntegAlg};
@@ -118,7 +117,7 @@ pub fn config(tun: &str, natt: SocketAddr) -> DataplaneConfig {
     c
 }
 
-pub fn start(ns: &str, cfg: DataplaneConfig) -> (DataplaneHandle, Receiver<DataplaneEvent>) {
+pub fn start(ns: &str, cfg: DataplaneConfig) -> (DataplaneHandle, EventReceiver) {
     in_netns(ns, || DataplaneHandle::start(cfg)).expect("dataplane start")
 }
 
@@ -199,7 +198,7 @@ pub fn sa_pair(p: &SaParams, a: SocketAddr, b: SocketAddr) -> (ChildSaSpec, Chil
 
 /// Wait up to `timeout` for an event matching `pred`.
 pub fn wait_event(
-    rx: &mut Receiver<DataplaneEvent>,
+    rx: &mut EventReceiver,
     timeout: Duration,
     pred: impl Fn(&DataplaneEvent) -> bool,
 ) -> Option<DataplaneEvent> {
