@@ -25,7 +25,6 @@ use tandem_testbed::tandemd::{ManualSa, TandemConf, Tandemd};
 use tandem_testbed::topo::{inner, nets, Topo};
 use tandem_testbed::{tools_present, wait_until};
 
-const WAIT: Duration = Duration::from_secs(20);
 const POLL: Duration = Duration::from_millis(50);
 const TOOLS: [&str; 7] = ["tshark", "dumpcap", "iperf3", "nft", "python3", "ping", "ss"];
 const INNER_PREFIXES: [&str; 4] = ["10.99.10.", "10.99.20.", "fd00:99:10:", "fd00:99:20:"];
