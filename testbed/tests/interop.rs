@@ -388,6 +388,33 @@ fn lifetimes_drive_rekeys_from_either_side() {
     assert!(!b.c.log().contains("failed"), "{}", b.c.log());
 }
 
+/// DPD settings of the two DPD tests: a check once nothing came from the peer for 2 s, sent at
+/// +0 and retransmitted at +1 and +2.5 s, the peer declared dead at +4.75 s (1 + 1.5 + 2.25).
+const DPD_DAEMON: &str = "retransmit-timeout = \"1s\"\nretransmit-tries = 2\nretransmit-base = 1.5";
+const DPD_DELAY: Duration = Duration::from_secs(2);
+const DPD_GIVE_UP: Duration = Duration::from_millis(4750);
+
+/// Cut the link and return how long tandem took to remove the IKE SA `spi_i` (None: not within
+/// 30 s). Checked against both bounds: the SA may go no sooner than the give-up time after the
+/// cut (a check sent just before the cut may have lost its reply, so a little less), and no later
+/// than dpd-delay after the last message from the peer plus the give-up time, plus 1 s for the
+/// engine's timer, tandemctl and this poll.
+fn cut_and_time_dpd(b: &Bed, spi_i: u64) -> Duration {
+    let cut = std::time::Instant::now();
+    b.pair.cut();
+    let gone = wait_until(Duration::from_secs(30), Duration::from_millis(20), || {
+        !b.t.ike_sas().iter().any(|s| s["spi_i"].as_u64() == Some(spi_i))
+    });
+    let took = cut.elapsed();
+    assert!(gone, "IKE SA still there 30 s after the peer went away\n{}", b.t.log());
+    let (min, max) =
+        (DPD_GIVE_UP - Duration::from_millis(250), DPD_DELAY + DPD_GIVE_UP + Duration::from_secs(1));
+    assert!(took >= min, "peer declared dead prematurely: after {took:?} (at least {min:?})\n{}", b.t.log());
+    assert!(took <= max, "peer declared dead too late: after {took:?} (at most {max:?})\n{}", b.t.log());
+    assert!(b.t.log().contains("peer not answering"), "{}", b.t.log());
+    took
+}
+
 #[test]
 fn dead_peer_detected_within_bounds() {
     if !prerequisites_present() {
@@ -398,19 +425,63 @@ fn dead_peer_detected_within_bounds() {
         ike,
         esp,
         CharonConfig::right(ike, esp),
-        "retransmit-timeout = \"1s\"\nretransmit-tries = 2\nretransmit-base = 1.5",
+        DPD_DAEMON,
         "dpd-delay = \"2s\"\ndpd-action = \"clear\"",
     );
     tandem_initiates(&b);
     assert_agree(&b);
-    let cut = std::time::Instant::now();
-    b.pair.cut();
-    // dpd-delay 2s + retransmissions 1 + 1.5 + 2.25 s: declared dead within about 7 s.
-    let gone = wait_until(Duration::from_secs(30), POLL, || b.t.ike_sas().is_empty());
-    let took = cut.elapsed();
-    assert!(gone, "IKE SA still there after the peer went away\n{}", b.t.log());
-    assert!(took <= Duration::from_secs(12), "took {took:?}");
-    assert!(b.t.log().contains("peer not answering"), "{}", b.t.log());
+    // Two DPD rounds with the peer alive first (charon answered two liveness checks): they must
+    // not tear anything down.
+    let checks = || b.c.log().matches("parsed INFORMATIONAL request").count();
+    assert!(wait_until(DPD_DELAY * 4, POLL, || checks() >= 2), "no DPD checks seen\n{}", b.c.log());
+    let sa = b.t.established();
+    assert_eq!(sa.len(), 1, "DPD with a live peer kept the IKE SA\n{}", b.t.log());
+    let took = cut_and_time_dpd(&b, sa[0]["spi_i"].as_u64().unwrap());
+    // `clear`: nothing is re-established.
+    assert!(b.t.ike_sas().is_empty() && b.t.child_sas().is_empty(), "{:?}", b.t.ike_sas());
+    eprintln!("dpd clear: peer declared dead {took:?} after the cut");
+}
+
+/// `dpd-action = restart`: the peer goes dark, tandem declares it dead and at once tries to
+/// re-establish the vpn; once the peer is reachable again the vpn is up with new SAs, agreed on
+/// both ends (charon replaces its stale IKE SA on the INITIAL_CONTACT), and traffic flows.
+#[test]
+fn dead_peer_restart_reestablishes_when_the_peer_is_back() {
+    if !prerequisites_present() {
+        return;
+    }
+    let (ike, esp) = SUITES[0];
+    let b = bed(
+        ike,
+        esp,
+        CharonConfig::right(ike, esp),
+        DPD_DAEMON,
+        "dpd-delay = \"2s\"\ndpd-action = \"restart\"",
+    );
+    tandem_initiates(&b);
+    let before = assert_agree(&b);
+    let old_spi = b.t.established()[0]["spi_i"].as_u64().unwrap();
+    let old_child = child_spis(&b);
+    let took = cut_and_time_dpd(&b, old_spi);
+    // The restart began while the peer is still dark: a new IKE SA is being negotiated.
+    let retrying =
+        wait_until(Duration::from_secs(5), Duration::from_millis(20), || !b.t.ike_sas().is_empty());
+    assert!(retrying, "no attempt to re-establish after the peer was declared dead\n{}", b.t.log());
+    assert!(b.t.established().is_empty(), "established with a dead peer? {:?}", b.t.ike_sas());
+    let back = std::time::Instant::now();
+    b.pair.restore();
+    let after = assert_agree(&b);
+    assert_ne!(after.spi_i, before.spi_i, "a new IKE SA");
+    assert_ne!(child_spis(&b), old_child, "a new CHILD SA");
+    assert!(
+        tandem_testbed::probe::ping_until_reply(&b.pair.left, "10.99.10.1", "10.99.20.1", WAIT),
+        "no traffic through the re-established tunnel\n{}",
+        b.t.log()
+    );
+    eprintln!(
+        "dpd restart: peer declared dead {took:?} after the cut; up again {:?} after the peer came back",
+        back.elapsed()
+    );
 }
 
 #[test]
