@@ -6,7 +6,7 @@ use tandem_testbed::charon::{Charon, CharonConfig, IkeSa};
 use tandem_testbed::netns::Pair;
 use tandem_testbed::probe;
 use tandem_testbed::tandemd::{left_config_full, Tandemd};
-use tandem_testbed::{prerequisites_present, wait_until};
+use tandem_testbed::{prerequisites_present, tools_present, wait_until};
 
 const SUITES: [(&str, &str); 4] = [
     ("aes256gcm16-prfsha256-x25519", "aes256gcm16"),
@@ -40,9 +40,14 @@ fn bed_full(
     let socket = dir.join("tandemd.sock");
     let toml = left_config_full(socket.to_str().unwrap(), ike, esp, extra_daemon, extra_ike, extra_ipsec);
     let t = Tandemd::start(&mut pair.left, dir, &toml);
-    let c = Charon::start(&mut pair.right, &cfg);
+    // charon keeps a rekeyed CHILD SA (state DELETED) for `delete_rekeyed_delay` (5 s by default)
+    // for packets in flight, as tandem does for `rekey-linger`; 1 s, so the rekey tests see the
+    // old SAs disappear soon after each rekey.
+    let c = Charon::start_with(&mut pair.right, &cfg.swanctl_conf(), CHARON_CONF, 2);
     Bed { t, c, pair }
 }
+
+const CHARON_CONF: &str = "install_routes = yes\n  delete_rekeyed_delay = 1";
 
 fn hex64(v: &serde_json::Value) -> String {
     format!("{:016x}", v.as_u64().unwrap_or(0))
@@ -264,6 +269,101 @@ fn child_spis(b: &Bed) -> (u32, u32) {
     (c["spi_in"].as_u64().unwrap() as u32, c["spi_out"].as_u64().unwrap() as u32)
 }
 
+/// The SAs of a settled tunnel, as both ends agree on them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Sas {
+    ike: (String, String),
+    /// tandem's (inbound, outbound) CHILD SA SPIs.
+    child: (u32, u32),
+}
+
+/// The tunnel with nothing left over at the IKE level: tandem lists exactly one IKE SA
+/// (established) and one CHILD SA, charon exactly one IKE SA with exactly one CHILD SA that is not
+/// DELETED (a rekeyed or deleting SA still counts), and the SPIs agree crosswise. None while
+/// anything else is listed. (Deleted SAs lingering for packets in flight: see `await_rekey`.)
+fn settled(b: &Bed) -> Option<Sas> {
+    let (ike, child) = (b.t.ike_sas(), b.t.child_sas());
+    let c = b.c.list_sas();
+    let ([t_sa], [t_child], [c_sa]) = (&ike[..], &child[..], &c[..]) else { return None };
+    // A DELETED CHILD SA is one charon deleted and keeps only for `delete_rekeyed_delay`.
+    let live: Vec<_> = c_sa.children.iter().filter(|c| c.state != "DELETED").collect();
+    let [c_child] = &live[..] else { return None };
+    let t_child_spis =
+        (t_child["spi_in"].as_u64().unwrap_or(0) as u32, t_child["spi_out"].as_u64().unwrap_or(0) as u32);
+    let agree = t_sa["state"] == "established"
+        && c_sa.established()
+        && c_child.state == "INSTALLED"
+        && hex64(&t_sa["spi_i"]) == c_sa.spi_i
+        && hex64(&t_sa["spi_r"]) == c_sa.spi_r
+        && t_child_spis == (hex_u32(&c_child.spi_out), hex_u32(&c_child.spi_in));
+    agree.then(|| Sas { ike: (c_sa.spi_i.clone(), c_sa.spi_r.clone()), child: t_child_spis })
+}
+
+fn logs(b: &Bed) -> String {
+    format!(
+        "--- tandemd ---\n{}\n--- tandem SAs ---\n{:?}\n{:?}\n--- charon ---\n{}\n--- charon SAs ---\n{}",
+        b.t.log(),
+        b.t.ike_sas(),
+        b.t.child_sas(),
+        b.c.log(),
+        String::from_utf8_lossy(&b.c.swanctl(&["--list-sas"]).stdout)
+    )
+}
+
+/// Await the first settled state after `old` in which the CHILD SA (`child`) or the IKE SA was
+/// replaced, and check that the old SA is gone from both ends: from the IKE engines' lists (that
+/// is `settled`: exactly one of each) and from tandem's dataplane once its `rekey-linger` passed.
+/// The other kind of SA is unchanged. Returns the new state.
+fn await_rekey(b: &Bed, old: &Sas, child: bool, within: Duration, what: &str) -> Sas {
+    let mut new = None;
+    let ok = wait_until(within, Duration::from_millis(20), || {
+        new = settled(b).filter(|s| if child { s.child != old.child } else { s.ike != old.ike });
+        new.is_some()
+    });
+    assert!(ok, "{what}: no completed rekey of {old:?} within {within:?}\n{}", logs(b));
+    let new = new.unwrap();
+    if child {
+        assert_eq!(new.ike, old.ike, "{what}: a CHILD SA rekey keeps the IKE SA");
+    } else {
+        assert_eq!(new.child, old.child, "{what}: an IKE SA rekey moves the CHILD SA over unchanged");
+        return new;
+    }
+    let old_in_dataplane = || {
+        b.t.ipsec_sas().iter().any(|s| {
+            let spi = s["spi"].as_u64().unwrap_or(0) as u32;
+            (s["direction"] == "in" && spi == old.child.0) || (s["direction"] == "out" && spi == old.child.1)
+        })
+    };
+    let gone = wait_until(LINGER + Duration::from_secs(2), POLL, || !old_in_dataplane());
+    assert!(gone, "{what}: the old CHILD SA {old:?} is still in the dataplane: {:?}", b.t.ipsec_sas());
+    let old_at_charon = || {
+        b.c.list_sas()
+            .iter()
+            .flat_map(|s| s.children.clone())
+            .any(|c| hex_u32(&c.spi_out) == old.child.0 || hex_u32(&c.spi_in) == old.child.1)
+    };
+    let gone = wait_until(LINGER + Duration::from_secs(2), POLL, || !old_at_charon());
+    assert!(gone, "{what}: charon still lists the old CHILD SA {old:?}\n{}", logs(b));
+    new
+}
+
+/// tandem's `rekey-linger` in the rekey tests (the old inbound SA accepts packets this long), and
+/// charon's `delete_rekeyed_delay` (CHARON_CONF).
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_CONF: &str = "[dataplane]\nrekey-linger = \"1s\"";
+
+/// The CREATE_CHILD_SA requests rekeying a CHILD SA in charon's log: (sent by charon, received).
+fn child_rekey_requests(c: &Charon) -> (Vec<String>, Vec<String>) {
+    let lines: Vec<String> = c
+        .log()
+        .lines()
+        .filter(|l| l.contains("CREATE_CHILD_SA request") && l.contains("N(REKEY_SA)"))
+        .map(str::to_string)
+        .collect();
+    let (sent, received) = lines.into_iter().partition(|l| l.contains("generating"));
+    (sent, received)
+}
+
 #[test]
 fn child_rekeys_by_either_side_with_and_without_pfs() {
     if !prerequisites_present() {
@@ -271,31 +371,24 @@ fn child_rekeys_by_either_side_with_and_without_pfs() {
     }
     for esp in ["aes256gcm16", "aes256gcm16-x25519"] {
         for by_tandem in [true, false] {
+            let what = format!("CHILD rekey ({esp}, by tandem: {by_tandem})");
             let ike = SUITES[0].0;
-            let b = bed(ike, esp, CharonConfig::right(ike, esp), "", "");
+            let b = bed(ike, esp, CharonConfig::right(ike, esp), LINGER_CONF, "");
             tandem_initiates(&b);
-            let ike_before = assert_agree(&b);
-            let old = child_spis(&b);
+            assert_agree(&b);
+            let old = settled(&b).expect("settled after establishment");
             if by_tandem {
-                let out = b.t.ctl(&["rekey", "child-sa", &format!("{:#x}", old.0)]);
+                let out = b.t.ctl(&["rekey", "child-sa", &format!("{:#x}", old.child.0)]);
                 assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
             } else {
                 let out = b.c.swanctl(&["--rekey", "--child", "net"]);
                 assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
             }
-            let rekeyed = wait_until(WAIT, POLL, || {
-                b.t.child_sas().len() == 1
-                    && child_spis(&b).0 != old.0
-                    && b.c.list_sas().first().is_some_and(|s| s.children.len() == 1)
-            });
-            assert!(
-                rekeyed,
-                "CHILD rekey ({esp}, by tandem: {by_tandem})\n{}\n--- charon ---\n{}",
-                b.t.log(),
-                b.c.log()
-            );
-            let after = assert_agree(&b);
-            assert_eq!(after.spi_i, ike_before.spi_i, "same IKE SA");
+            await_rekey(&b, &old, true, WAIT, &what);
+            let (sent, received) = child_rekey_requests(&b.c);
+            let requests = if by_tandem { &received } else { &sent };
+            assert_eq!(requests.len(), 1, "{what}: {sent:?} {received:?}");
+            assert_eq!(requests[0].contains(" KE "), esp.contains("x25519"), "{what}: PFS: {requests:?}");
             assert!(!b.t.log().contains("refused"), "{}", b.t.log());
         }
     }
@@ -307,11 +400,12 @@ fn ike_rekeys_by_either_side() {
         return;
     }
     for by_tandem in [true, false] {
+        let what = format!("IKE rekey (by tandem: {by_tandem})");
         let (ike, esp) = SUITES[1];
         let b = bed(ike, esp, CharonConfig::right(ike, esp), "", "");
         tandem_initiates(&b);
-        let before = assert_agree(&b);
-        let child_before = child_spis(&b);
+        assert_agree(&b);
+        let old = settled(&b).expect("settled after establishment");
         if by_tandem {
             let id = format!("{:#x}", b.t.established()[0]["id"].as_u64().unwrap());
             let out = b.t.ctl(&["rekey", "ike-sa", &id]);
@@ -320,72 +414,79 @@ fn ike_rekeys_by_either_side() {
             let out = b.c.swanctl(&["--rekey", "--ike", "t"]);
             assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
         }
-        let rekeyed = wait_until(WAIT, POLL, || {
-            let c = b.c.list_sas();
-            c.len() == 1 && c[0].spi_i != before.spi_i && b.t.ike_sas().len() == 1
-        });
-        assert!(rekeyed, "IKE rekey (by tandem: {by_tandem})\n{}\n--- charon ---\n{}", b.t.log(), b.c.log());
-        assert_agree(&b);
-        assert_eq!(child_spis(&b), child_before, "CHILD SA moved to the new IKE SA unchanged");
+        await_rekey(&b, &old, false, WAIT, &what);
     }
 }
 
-/// Watch tandem's CHILD SA (or IKE SA) SPIs for `window`; returns the distinct values seen.
-fn distinct_spis(b: &Bed, window: Duration, ike: bool) -> std::collections::BTreeSet<u64> {
-    let mut seen = std::collections::BTreeSet::new();
-    let end = std::time::Instant::now() + window;
-    while std::time::Instant::now() < end {
-        let v = if ike { b.t.established() } else { b.t.child_sas() };
-        for x in v {
-            seen.insert(x[if ike { "spi_i" } else { "spi_in" }].as_u64().unwrap_or(0));
-        }
-        std::thread::sleep(POLL);
-    }
-    seen
-}
-
+/// Rekeys driven by lifetimes alone, each side's own timer in turn (soft lifetime 3 s, no
+/// operator command): tandem's CHILD SA and charon's CHILD SA, both with PFS (x25519), then
+/// tandem's IKE SA and charon's IKE SA. Two rekeys each; after each, the old SA is gone on both
+/// ends (not only a new SPI seen), and the rekeys came from the side whose timer it was.
 #[test]
 fn lifetimes_drive_rekeys_from_either_side() {
-    if !prerequisites_present() {
+    if !tools_present(&["ping"]) {
         return;
     }
-    let (ike, esp) = SUITES[0];
-    // tandem's CHILD SA soft lifetime 3 s: it rekeys by itself, again and again.
-    let b = bed_full(
-        ike,
-        esp,
-        CharonConfig::right(ike, esp),
-        "",
-        "",
-        "rekey-time = \"3s\"\nlifetime = \"20s\"\nrand-time = \"0s\"",
-    );
-    tandem_initiates(&b);
-    assert_agree(&b);
-    let seen = distinct_spis(&b, Duration::from_secs(8), false);
-    assert!(seen.len() >= 3, "tandem-initiated CHILD rekeys: {seen:?}\n{}", b.t.log());
-    assert!(!b.c.log().contains("failed"), "{}", b.c.log());
-    // charon's CHILD SA soft lifetime 3 s: tandem answers its rekeys.
-    let mut cfg = CharonConfig::right(ike, esp);
-    cfg.child_rekey_time = "3s".into();
-    let b = bed(ike, esp, cfg, "", "");
-    tandem_initiates(&b);
-    assert_agree(&b);
-    let seen = distinct_spis(&b, Duration::from_secs(8), false);
-    assert!(seen.len() >= 3, "charon-initiated CHILD rekeys: {seen:?}\n{}", b.c.log());
-    assert!(!b.c.log().contains("failed"), "{}", b.c.log());
-    // tandem's IKE SA soft lifetime 3 s.
-    let b = bed(
-        ike,
-        esp,
-        CharonConfig::right(ike, esp),
-        "",
-        "rekey-time = \"3s\"\nlifetime = \"30s\"\nrand-time = \"0s\"",
-    );
-    tandem_initiates(&b);
-    assert_agree(&b);
-    let seen = distinct_spis(&b, Duration::from_secs(8), true);
-    assert!(seen.len() >= 3, "tandem-initiated IKE rekeys: {seen:?}\n{}", b.t.log());
-    assert!(!b.c.log().contains("failed"), "{}", b.c.log());
+    let ike = SUITES[0].0;
+    let esp = "aes256gcm16-x25519";
+    let soft = Duration::from_secs(3);
+    let within = soft + Duration::from_secs(4);
+    let timers = "rekey-time = \"3s\"\nlifetime = \"30s\"\nrand-time = \"0s\"";
+    for (case, child) in
+        [("tandem CHILD", true), ("charon CHILD", true), ("tandem IKE", false), ("charon IKE", false)]
+    {
+        let t0 = std::time::Instant::now();
+        let by_tandem = case.starts_with("tandem");
+        let mut cfg = CharonConfig::right(ike, esp);
+        let (mut ike_extra, mut ipsec_extra) = ("", "");
+        match (by_tandem, child) {
+            (true, true) => ipsec_extra = timers,
+            (true, false) => ike_extra = timers,
+            // An explicit hard lifetime: charon's default (rekey time + 10%) is whole seconds, so
+            // 3 s would give 3 s, and the SA would expire and be re-created instead of rekeyed.
+            (false, true) => {
+                cfg.child_rekey_time = "3s".into();
+                cfg.child_extra = "life_time = 30s\n        rand_time = 0s".into();
+            }
+            (false, false) => {
+                cfg.rekey_time = "3s".into();
+                cfg.conn_extra = "over_time = 30s\n    rand_time = 0s".into();
+            }
+        }
+        let b = bed_full(ike, esp, cfg, LINGER_CONF, ike_extra, ipsec_extra);
+        tandem_initiates(&b);
+        assert_agree(&b);
+        let mut sas = settled(&b).expect("settled after establishment");
+        for round in 1..=2 {
+            sas = await_rekey(&b, &sas, child, within, &format!("{case} rekey {round}"));
+        }
+        let log = b.c.log();
+        if child {
+            let (sent, received) = child_rekey_requests(&b.c);
+            let (ours, theirs) = if by_tandem { (&received, &sent) } else { (&sent, &received) };
+            assert!(
+                ours.len() >= 2 && theirs.is_empty(),
+                "{case}: charon sent {sent:?}, received {received:?}"
+            );
+            assert!(ours.iter().all(|l| l.contains(" KE ")), "{case}: rekeys without PFS: {ours:?}");
+        } else {
+            // charon's log names the exchange of an IKE SA rekey by who sent it.
+            let sent = log.matches("generating CREATE_CHILD_SA request").count();
+            let received = log.matches("parsed CREATE_CHILD_SA request").count();
+            let (ours, theirs) = if by_tandem { (received, sent) } else { (sent, received) };
+            assert!(ours >= 2 && theirs == 0, "{case}: charon sent {sent}, received {received}\n{log}");
+        }
+        assert!(!log.contains("failed"), "{case}\n{log}");
+        assert!(
+            tandem_testbed::probe::ping_until_reply(&b.pair.left, "10.99.10.1", "10.99.20.1", WAIT),
+            "{case}: no traffic through the tunnel after the rekeys\n{}",
+            logs(&b)
+        );
+        eprintln!(
+            "{case}: two lifetime rekeys, old SAs gone on both ends, in {:.1}s",
+            t0.elapsed().as_secs_f64()
+        );
+    }
 }
 
 /// DPD settings of the two DPD tests: a check once nothing came from the peer for 2 s, sent at
@@ -447,7 +548,7 @@ fn dead_peer_detected_within_bounds() {
 /// both ends (charon replaces its stale IKE SA on the INITIAL_CONTACT), and traffic flows.
 #[test]
 fn dead_peer_restart_reestablishes_when_the_peer_is_back() {
-    if !prerequisites_present() {
+    if !tools_present(&["ping"]) {
         return;
     }
     let (ike, esp) = SUITES[0];
