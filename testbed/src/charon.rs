@@ -279,6 +279,9 @@ pub struct ChildSa {
     pub spi_out: String,
     pub local_ts: Vec<String>,
     pub remote_ts: Vec<String>,
+    /// Packets charon's kernel-libipsec decrypted / encrypted on this CHILD SA.
+    pub packets_in: u64,
+    pub packets_out: u64,
 }
 
 impl IkeSa {
@@ -369,6 +372,8 @@ pub fn parse_list_sas(text: &str) -> Vec<IkeSa> {
                                 "state" => c.state = v.into(),
                                 "spi-in" => c.spi_in = v.into(),
                                 "spi-out" => c.spi_out = v.into(),
+                                "packets-in" => c.packets_in = v.parse().unwrap_or(0),
+                                "packets-out" => c.packets_out = v.parse().unwrap_or(0),
                                 _ => {}
                             }
                         }
@@ -387,7 +392,7 @@ mod tests {
 
     #[test]
     fn parses_raw_list_sas() {
-        let raw = "list-sa event {t {uniqueid=1 version=2 state=ESTABLISHED local-host=10.99.1.2 initiator-spi=10de5230a6b801af responder-spi=c78ce7b57579b3d8 child-sas {net-1 {name=net state=INSTALLED spi-in=18658047 spi-out=2bc8af8f local-ts=[10.99.20.0/24] remote-ts=[10.99.10.0/24]}}}}\n";
+        let raw = "list-sa event {t {uniqueid=1 version=2 state=ESTABLISHED local-host=10.99.1.2 initiator-spi=10de5230a6b801af responder-spi=c78ce7b57579b3d8 child-sas {net-1 {name=net state=INSTALLED spi-in=18658047 spi-out=2bc8af8f bytes-in=84 packets-in=1 bytes-out=168 packets-out=2 local-ts=[10.99.20.0/24] remote-ts=[10.99.10.0/24]}}}}\n";
         let s = parse_list_sas(raw);
         assert_eq!(s.len(), 1);
         assert!(s[0].established());
@@ -395,5 +400,6 @@ mod tests {
         let c = &s[0].children[0];
         assert_eq!((c.spi_in.as_str(), c.spi_out.as_str()), ("18658047", "2bc8af8f"));
         assert_eq!(c.local_ts, vec!["10.99.20.0/24"]);
+        assert_eq!((c.packets_in, c.packets_out), (1, 2));
     }
 }

@@ -131,6 +131,11 @@ impl Pair {
     pub fn cut(&self) {
         self.right.ip(&["link", "set", &self.right_if, "down"]);
     }
+
+    /// Undo `cut` (the peer is back; the kernel restores the link's connected routes).
+    pub fn restore(&self) {
+        self.right.ip(&["link", "set", &self.right_if, "up"]);
+    }
 }
 
 impl Default for Pair {

@@ -435,3 +435,39 @@ pub fn udp_errors(ns_name: &str) -> String {
     }
     format!("{ns_name}: {}", out.join(" "))
 }
+
+/// Datagrams the kernel dropped (receive buffer full) on the IPv4 UDP sockets bound to `port` in
+/// `ns_name`: the `drops` column of `/proc/net/udp`, summed. With a process's own receive counters
+/// this closes the account of every datagram that reached the host.
+pub fn udp_socket_drops(ns_name: &str, port: u16) -> u64 {
+    let o =
+        std::process::Command::new("ip").args(["netns", "exec", ns_name, "cat", "/proc/net/udp"]).output();
+    let text = o.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    parse_udp_drops(&text, port)
+}
+
+/// The sum of the `drops` column over the lines of a `/proc/net/udp` text whose local port is `port`.
+pub fn parse_udp_drops(text: &str, port: u16) -> u64 {
+    let want = format!(":{port:04X}");
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 13 && f[1].ends_with(&want)).then(|| f[12].parse::<u64>().unwrap_or(0))
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod udp_drop_tests {
+    #[test]
+    fn parses_proc_net_udp_drops() {
+        let text = "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n\
+  281: 0101630A:01F4 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 51311 2 0000000000000000 17\n\
+  541: 0101630A:1194 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 51312 2 0000000000000000 0\n\
+  542: 0100007F:01F4 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 51313 2 0000000000000000 3\n";
+        assert_eq!(super::parse_udp_drops(text, 500), 20);
+        assert_eq!(super::parse_udp_drops(text, 4500), 0);
+        assert_eq!(super::parse_udp_drops(text, 50), 0);
+    }
+}

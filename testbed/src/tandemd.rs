@@ -157,6 +157,12 @@ impl Tandemd {
         self.json(&["show", "ipsec-sa"]).as_array().cloned().unwrap_or_default()
     }
 
+    /// `tandemctl status --json`: the engine's drop counters (`engine`) and the IKE sockets' I/O
+    /// counters (`io`) among others.
+    pub fn status(&self) -> Value {
+        self.json(&["status"])
+    }
+
     /// `tandemctl show ipsec-stat --json`: `{"esp": GlobalStats, "io": CountersSnapshot}`.
     pub fn ipsec_stat(&self) -> Value {
         self.json(&["show", "ipsec-stat"])

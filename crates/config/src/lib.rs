@@ -1,6 +1,7 @@
 //! tandem-config: one TOML file in 6WIND/F5 operator words (`ike-policy`, `ipsec-policy`, `vpn`,
 //! `security-policy`, `pre-shared-key`, `ha`), validated into the IKE engine's types. Every error names
 //! the file, line and key.
+#![forbid(unsafe_code)]
 
 mod convert;
 mod dataplane;

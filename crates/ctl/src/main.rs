@@ -1,4 +1,5 @@
 //! tandemctl: operate a running tandemd through its control API.
+#![forbid(unsafe_code)]
 
 mod client;
 mod ipsec_tables;

@@ -1,5 +1,6 @@
 //! tandemd: the tandem IKEv2/IPsec gateway daemon. Runs the sans-IO engine on UDP 500/4500 and serves
 //! the control API on a Unix socket.
+#![forbid(unsafe_code)]
 
 mod api;
 mod dataplane;

@@ -187,6 +187,12 @@ impl Inbound {
                 let local = sock.local_of(m);
                 let stride = m.stride.max(1);
                 let len = m.len.min(buf.len());
+                if len == 0 {
+                    // An empty datagram yields no chunk below: count it as the runt it is.
+                    datagrams += 1;
+                    add(&shared.counters.drop_runt, 1);
+                    continue;
+                }
                 for seg in buf[..len].chunks_mut(stride) {
                     datagrams += 1;
                     match classify(seg) {

@@ -61,11 +61,6 @@ pub fn run(shared: Arc<Shared>, mut stages: Vec<Box<dyn Stage>>) {
     let mut poll = PollSet::new(&[]);
     let mut offsets = Vec::new();
     let mut rebuild = true;
-    if std::env::var("TANDEM_BATCH").is_ok() {
-        let param = libc::sched_param { sched_priority: 0 };
-        let r = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
-        tracing::warn!("batch {r}");
-    }
     while !shared.stopping() {
         for s in &mut stages {
             rebuild |= s.refresh();

@@ -39,7 +39,7 @@ fn iperf(ns: &NsPair, server: &str, client_src: &str, streams: u32, secs: u32) -
 #[test]
 #[ignore]
 fn throughput() {
-    if !require_root() || run(&["sh", "-c", "command -v iperf3"]).stdout.is_empty() {
+    if !require_root_and(&["iperf3"]) {
         return;
     }
     let ns = NsPair::new("bench", 81);

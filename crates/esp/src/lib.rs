@@ -9,6 +9,7 @@
 //! No allocation per packet: seal and open work in place in caller buffers with fixed-size stack
 //! arrays for nonces, AAD and tags; SAD lookups borrow from a snapshot; counters are atomics. This is
 //! checked by `tests/no_alloc.rs` with a counting global allocator.
+#![forbid(unsafe_code)]
 
 pub mod batch;
 pub mod cipher;

@@ -1,5 +1,6 @@
 //! tandem-wire: IKEv2 and ESP codecs. Typed parse and emit over bytes; no I/O, no crypto.
 //! Every parser returns a [`WireError`] for malformed input and never panics.
+#![forbid(unsafe_code)]
 
 pub mod codes;
 pub mod error;

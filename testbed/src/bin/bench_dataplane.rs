@@ -8,6 +8,7 @@
 //! Options: `--runs N` (3), `--seconds S` (5), `--only veth,tandem,strongswan,boringtun` (all; the
 //! finer keys tandem-udp, tandem-raw, boringtun-t1 work too), `--no-write`, `--quiet-wait SECS`
 //! (30: how long to wait, before each path, for the rest of the machine to go quiet).
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

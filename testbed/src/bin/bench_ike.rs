@@ -2,6 +2,7 @@
 //! a CHILD SA each, distinct identities) against a tandemd responder and then against a strongSwan
 //! charon responder, in one run on one namespace pair. Reports handshakes per second, per CPU-second
 //! of the responder, and responder memory per established IKE SA; writes docs/performance.md.
+#![forbid(unsafe_code)]
 
 use std::process::Command;
 use std::time::Duration;

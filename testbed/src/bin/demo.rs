@@ -2,6 +2,7 @@
 //! negotiated and shown from both ends, ping and an iperf3 transfer through it (tandem's userspace
 //! ESP on one end, strongSwan's kernel-libipsec on the other), a CHILD SA rekey under a ping stream,
 //! then a clean teardown.
+#![forbid(unsafe_code)]
 
 use std::time::Duration;
 use tandem_testbed::charon::{Charon, CharonConfig};

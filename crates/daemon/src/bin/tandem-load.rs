@@ -4,6 +4,7 @@
 //!
 //! It is the same sans-IO engine as tandemd, driven by a small blocking loop: one receive thread per
 //! UDP socket (500 and 4500), the engine on the main thread.
+#![forbid(unsafe_code)]
 
 use clap::Parser;
 use serde_json::json;

@@ -16,17 +16,20 @@ use zeroize::Zeroizing;
 
 pub use tandem_crypto::{EncrAlg, IntegAlg};
 
-/// True when the test may run. Without root it is skipped, except under CI, where a missing
-/// privilege must fail loudly rather than pass silently.
+/// True when the test may run. Without root it is skipped visibly (`tandem_testbed::skip`), and
+/// under CI=true it fails: a missing privilege must never pass silently.
 pub fn require_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
+    nix::unistd::geteuid().is_root()
+        || tandem_testbed::skip("needs root (network namespaces, TUN, raw sockets)")
+}
+
+/// `require_root`, and every named tool on PATH.
+pub fn require_root_and(tools: &[&str]) -> bool {
+    if !require_root() {
+        return false;
     }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("this test needs root (network namespaces, TUN, raw sockets) and CI=true");
-    }
-    eprintln!("skipped: needs root");
-    false
+    let missing: Vec<&str> = tools.iter().copied().filter(|t| !tandem_testbed::which(t)).collect();
+    missing.is_empty() || tandem_testbed::skip(&format!("tools missing: {missing:?}"))
 }
 
 pub fn run(args: &[&str]) -> Output {
@@ -230,8 +233,9 @@ pub struct Capture {
 
 impl Capture {
     pub fn start(ns: &str, dev: &str, tag: &str) -> Option<Capture> {
-        if run(&["sh", "-c", "command -v tshark"]).stdout.is_empty() {
-            eprintln!("tshark not installed: wire check skipped");
+        if !tandem_testbed::which("tshark") {
+            // The test goes on without its wire check: say so (and fail under CI=true).
+            tandem_testbed::skip("tshark not installed: the wire check of this test did not run");
             return None;
         }
         let file = format!("/tmp/tdp-{}-{tag}.pcap", std::process::id());
