@@ -1,5 +1,6 @@
 //! tandem-crypto: the algorithm registry, strongSwan-style proposal strings, prf+ and IKEv2 key
 //! derivation, Diffie-Hellman groups, and SK payload protection, all on aws-lc-rs.
+#![forbid(unsafe_code)]
 
 pub mod alg;
 pub mod dh;

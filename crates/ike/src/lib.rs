@@ -3,6 +3,7 @@
 //! One [`Endpoint`] owns every IKE SA of a node. It never reads a clock or touches a socket: the
 //! daemon feeds it datagrams and `now`, and drains datagrams ([`Endpoint::poll_transmit`]), events
 //! ([`Endpoint::poll_event`]) and the next deadline ([`Endpoint::poll_timeout`]).
+#![forbid(unsafe_code)]
 
 pub mod api;
 pub mod config;
