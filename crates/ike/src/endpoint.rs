@@ -537,7 +537,7 @@ impl Endpoint {
         let due: Vec<IkeSaId> = self
             .sas
             .values()
-            .filter(|sa| sa.next_deadline().is_some_and(|d| d <= now) || self.half_open_expired(sa, now))
+            .filter(|sa| self.deadline_of(sa).is_some_and(|d| d <= now))
             .map(|sa| sa.id)
             .collect();
         for id in due {
@@ -578,10 +578,13 @@ impl Endpoint {
         }
     }
 
-    /// A half-open SA past its timeout. `poll_timeout` reports this deadline, so `handle_timeout`
-    /// must visit the SA for it too (else the daemon would wake up for it again and again).
-    fn half_open_expired(&self, sa: &IkeSa, now: Instant) -> bool {
-        sa.established.is_none() && sa.created.is_some_and(|c| now >= c + self.config.half_open_timeout)
+    /// The earliest deadline of `sa`, half-open expiry included. `poll_timeout` reports it and
+    /// `handle_timeout` visits the SAs it makes due: one function for both, so a reported deadline
+    /// is always handled (else the daemon would wake up for it again and again).
+    fn deadline_of(&self, sa: &IkeSa) -> Option<Instant> {
+        let half_open =
+            sa.created.filter(|_| sa.established.is_none()).map(|c| c + self.config.half_open_timeout);
+        [sa.next_deadline(), half_open].into_iter().flatten().min()
     }
 
     /// Lifetimes, half-open expiry and liveness checks. Returns true when the SA was removed.
@@ -655,19 +658,6 @@ impl Endpoint {
         for spi in retired {
             self.remove_child(sa, spi, DownReason::Expired);
         }
-        // A CHILD SA whose predecessor is still here is not rekeyed yet: the rekey that made it
-        // has not concluded, and the peer may not even know it (our response can still be in
-        // flight). Look again shortly.
-        let (ready, postponed): (Vec<_>, Vec<_>) = rekeys.into_iter().partition(|(_, spi)| {
-            let made_by = sa.children.iter().find(|c| c.spi_in == *spi).and_then(|c| c.replaces);
-            !made_by.is_some_and(|old| sa.children.iter().any(|c| c.spi_in == old))
-        });
-        let rekeys = ready;
-        for (_, spi) in postponed {
-            if let Some(c) = sa.children.iter_mut().find(|c| c.spi_in == spi) {
-                c.rekey_at = Some(now + Duration::from_secs(1));
-            }
-        }
         for (name, spi) in rekeys {
             self.enqueue(now, sa, Queued::CreateChild { name, rekeys_spi_in: Some(spi) });
         }
@@ -679,22 +669,17 @@ impl Endpoint {
             // check: re-arming at now + delay would skip a check whenever a reply arrived just
             // after the timer, and detection could take twice the delay.
             let delay = sa.vpn.as_ref().and_then(|v| self.peer(v)).and_then(|p| p.dpd_delay);
-            let due = match (delay, sa.last_received) {
-                (Some(d), Some(t)) => Some(t + d),
-                (Some(_), None) => Some(now),
-                (None, _) => None,
-            };
-            match (due, delay) {
-                (Some(due), Some(d)) if due <= now => {
-                    if sa.rel.can_send() && sa.queue.is_empty() {
-                        self.enqueue(now, sa, Queued::Liveness);
-                    }
-                    // The reply moves `last_received`; without one the retransmissions decide.
-                    sa.dpd_at = Some(now + d);
+            sa.dpd_at = delay.map(|d| {
+                let due = sa.last_received.map_or(now, |t| t + d);
+                if due > now {
+                    return due;
                 }
-                (Some(due), _) => sa.dpd_at = Some(due),
-                (None, _) => sa.dpd_at = None,
-            }
+                if sa.rel.can_send() && sa.queue.is_empty() {
+                    self.enqueue(now, sa, Queued::Liveness);
+                }
+                // The reply moves `last_received`; without one the retransmissions decide.
+                now + d
+            });
         }
         false
     }
@@ -825,15 +810,9 @@ impl Endpoint {
 
     /// The earliest deadline at which `handle_timeout` must be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let sa_min = self.sas.values().filter_map(|sa| sa.next_deadline()).min();
-        let half_open_min = self
-            .sas
-            .values()
-            .filter(|sa| sa.established.is_none())
-            .filter_map(|sa| sa.created.map(|c| c + self.config.half_open_timeout))
-            .min();
+        let sa_min = self.sas.values().filter_map(|sa| self.deadline_of(sa)).min();
         let restart = self.restarts.iter().map(|(t, _)| *t).min();
-        [sa_min, half_open_min, restart].into_iter().flatten().min()
+        [sa_min, restart].into_iter().flatten().min()
     }
 
     pub fn ike_sas(&self) -> Vec<IkeSaInfo> {
