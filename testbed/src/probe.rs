@@ -19,6 +19,27 @@ impl PingResult {
     pub fn lost(&self) -> u32 {
         self.transmitted.saturating_sub(self.received)
     }
+
+    /// Of a verbose run: the requests never answered, as (icmp_seq, `[unix time]` at which ping
+    /// reported it overdue, if it did).
+    pub fn missing(&self) -> Vec<(u32, Option<String>)> {
+        let seq_of = |l: &str| l.split("icmp_seq=").nth(1)?.split_whitespace().next()?.parse::<u32>().ok();
+        let mut answered = std::collections::BTreeSet::new();
+        let mut overdue = std::collections::BTreeMap::new();
+        for line in self.output.lines() {
+            let Some(seq) = seq_of(line) else { continue };
+            if line.contains("no answer yet") {
+                let ts = line.split(']').next().map(|t| t.trim_start_matches('[').to_string());
+                overdue.insert(seq, ts);
+            } else if line.contains(" bytes from ") {
+                answered.insert(seq);
+            }
+        }
+        (1..=self.transmitted)
+            .filter(|s| !answered.contains(s))
+            .map(|s| (s, overdue.get(&s).cloned().flatten()))
+            .collect()
+    }
 }
 
 /// A ping run: `count` echo requests every `interval`, from `src` to `dst` (IPv4 or IPv6, chosen by
@@ -31,6 +52,9 @@ pub struct Ping<'a> {
     pub interval: Duration,
     pub wait: Duration,
     pub size: Option<u32>,
+    /// One line per reply and per overdue request, with timestamps (`-D -O`), so that a loss can
+    /// be placed in time ([`PingResult::missing`]).
+    pub verbose: bool,
 }
 
 impl<'a> Ping<'a> {
@@ -42,6 +66,7 @@ impl<'a> Ping<'a> {
             interval: Duration::from_millis(100),
             wait: Duration::from_secs(2),
             size: None,
+            verbose: false,
         }
     }
 
@@ -66,9 +91,9 @@ impl<'a> Ping<'a> {
         let deadline = ((f64::from(self.count) * self.interval.as_secs_f64()).ceil() as u64
             + self.wait.as_secs().max(1))
         .to_string();
-        let mut args = vec![
-            family, "-n", "-q", "-c", &count, "-i", &interval, "-W", &wait, "-w", &deadline, "-I", self.src,
-        ];
+        let mut args =
+            vec![family, "-n", "-c", &count, "-i", &interval, "-W", &wait, "-w", &deadline, "-I", self.src];
+        args.extend(if self.verbose { ["-D", "-O"].as_slice() } else { ["-q"].as_slice() });
         let size;
         if let Some(s) = self.size {
             size = s.to_string();
@@ -469,5 +494,23 @@ mod udp_drop_tests {
         assert_eq!(super::parse_udp_drops(text, 500), 20);
         assert_eq!(super::parse_udp_drops(text, 4500), 0);
         assert_eq!(super::parse_udp_drops(text, 50), 0);
+    }
+}
+
+#[cfg(test)]
+mod ping_tests {
+    #[test]
+    fn finds_the_requests_never_answered() {
+        let text = "PING 10.2.0.1 (10.2.0.1) from 10.1.0.1 : 56(84) bytes of data.\n\
+[1764750000.100000] 64 bytes from 10.2.0.1: icmp_seq=1 ttl=64 time=0.1 ms\n\
+[1764750000.300000] no answer yet for icmp_seq=2\n\
+[1764750000.400000] no answer yet for icmp_seq=3\n\
+[1764750000.410000] 64 bytes from 10.2.0.1: icmp_seq=3 ttl=64 time=210 ms\n\
+[1764750000.500000] 64 bytes from 10.2.0.1: icmp_seq=4 ttl=64 time=0.1 ms\n\
+\n--- 10.2.0.1 ping statistics ---\n\
+5 packets transmitted, 3 received, 40% packet loss, time 400ms\n";
+        let r = super::parse_ping(text);
+        assert_eq!((r.transmitted, r.received), (5, 3));
+        assert_eq!(r.missing(), vec![(2, Some("1764750000.300000".to_string())), (5, None)]);
     }
 }

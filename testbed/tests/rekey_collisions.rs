@@ -159,10 +159,10 @@ fn tail_of(log: &str, needle: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-// Fails against charon 5.9.8 with the seeded-harness fixes in (15 of 24 tunnels lose pings, some
-// lose every SA); the open work of issue 9 section 1. Run it with `-- --ignored`.
+// charon drops any message whose Message ID equals the one it is processing on that IKE SA, so
+// when both ends send request N at once our response N is lost; tandem sends it again once the
+// crossing is seen (crates/ike/src/reliability.rs). Without that, 15 of 24 tunnels failed here.
 #[test]
-#[ignore = "issue 9: still fails against charon (15 of 24 tunnels); see the issue note"]
 fn simultaneous_rekeys_without_jitter_keep_every_tunnel() {
     if !tools_present(&["ping"]) {
         return;
@@ -184,6 +184,15 @@ fn simultaneous_rekeys_without_jitter_keep_every_tunnel() {
         "install_routes = yes\n  delete_rekeyed_delay = 1",
         2,
     );
+    // Diagnosis: TANDEM_COLLISION_DIAG=DIR keeps both logs and a capture of the wire there.
+    let diag = std::env::var_os("TANDEM_COLLISION_DIAG").map(std::path::PathBuf::from);
+    let capture = diag.as_ref().map(|d| {
+        std::fs::create_dir_all(d).expect("diag dir");
+        let mut cmd = pair.left.command("tshark");
+        cmd.args(["-q", "-i", &pair.left_if, "-w"]).arg(d.join("wire.pcap"));
+        cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        pair.left.spawn(cmd)
+    });
 
     // charon initiates every tunnel, one after the other (so the tunnels' timers are spread
     // over the time this takes, not all in the same instant).
@@ -239,6 +248,7 @@ fn simultaneous_rekeys_without_jitter_keep_every_tunnel() {
                     // still send all their requests before ping's deadline.
                     let mut p = Ping::new(&l, &r, PINGS).interval(PING_INTERVAL);
                     p.wait = Duration::from_secs(5);
+                    p.verbose = true;
                     p.run(left)
                 })
             })
@@ -261,6 +271,12 @@ fn simultaneous_rekeys_without_jitter_keep_every_tunnel() {
         state.iter().all(Result::is_ok)
     });
 
+    if let (Some(d), Some(pid)) = (&diag, capture) {
+        pair.left.stop(pid, Duration::from_secs(2));
+        let _ = std::fs::write(d.join("tandemd.log"), t.log());
+        let _ = std::fs::write(d.join("charon.log"), c.log());
+    }
+
     let (min_child, min_ike) = (8, 5); // of 12 CHILD and 7 IKE rekeys in 60 s
     let mut failed = Vec::new();
     for i in 0..TUNNELS {
@@ -268,7 +284,7 @@ fn simultaneous_rekeys_without_jitter_keep_every_tunnel() {
         let (ike_spis, child_spis) = seen.get(&vpn(i)).map(|(a, b)| (a.len(), b.len())).unwrap_or((0, 0));
         let mut why = Vec::new();
         if r.transmitted != PINGS || r.lost() != 0 {
-            why.push(format!("lost {} of {} pings", r.lost(), r.transmitted));
+            why.push(format!("lost {} of {} pings {:?}", r.lost(), r.transmitted, r.missing()));
         }
         if let Err(e) = &state[i] {
             why.push(format!("end state: {e}"));

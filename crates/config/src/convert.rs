@@ -396,6 +396,19 @@ pub(crate) fn convert(raw: RawConfig, text: &str, file: &str) -> Result<Config, 
             (None, Some(IpAddr::V6(a))) => Some(Identity::Ipv6(a)),
             (None, None) => None,
         };
+        let unique = match v.unique.as_deref() {
+            None | Some("replace") => UniquePolicy::Replace,
+            Some("keep") => UniquePolicy::Keep,
+            Some("never" | "no") => UniquePolicy::Never,
+            Some(s) => {
+                return Err(ctx.err(
+                    &table,
+                    Some("unique"),
+                    None,
+                    format!("{s:?} is not replace, keep or never"),
+                ))
+            }
+        };
         let vpn_start = match v.start_action.as_deref() {
             None => StartAction::None,
             Some(s) => parse_start(s).ok_or_else(|| {
@@ -510,6 +523,8 @@ pub(crate) fn convert(raw: RawConfig, text: &str, file: &str) -> Result<Config, 
             dpd_action,
             force_encap: v.encap.unwrap_or(false),
             initial_contact: v.initial_contact.unwrap_or(true),
+            unique,
+            reqid_per_sa: remote_addr.is_none() && v.interface.is_none(),
             children,
         });
     }

@@ -83,6 +83,7 @@ pub struct RawVpn {
     pub auth: Option<String>,
     pub encap: Option<bool>,
     pub initial_contact: Option<bool>,
+    pub unique: Option<String>,
     pub start_action: Option<String>,
     /// Route-based mode: the name of the vpn's own TUN interface.
     pub interface: Option<String>,

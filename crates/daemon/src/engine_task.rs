@@ -191,19 +191,12 @@ impl EngineTask {
         }
     }
 
-    /// Send what the engine produced and apply its events.
+    /// Apply what the engine decided, then send what it produced: the state behind a datagram
+    /// must be in place before the datagram leaves. A CHILD SA's inbound half is installed before
+    /// our CREATE_CHILD_SA response (the initiator sends on it as soon as it has the response) and
+    /// before our Delete of the SA it replaces (the peer switches to it on that Delete); sending
+    /// first lost the packets that raced the install (issue 9, a ping lost per ~10 rekeys).
     async fn flush(&mut self) {
-        while let Some(t) = self.endpoint.poll_transmit() {
-            match &self.esp {
-                // The dataplane owns the NAT-T sockets (IKE and ESP share them, RFC 3948).
-                Some(esp) if t.local.port() == esp.natt_port() => {
-                    if let Err(e) = esp.handle().send_ike(t.local, t.remote, &t.data) {
-                        debug!(target: "io", remote = %t.remote, "send: {e}");
-                    }
-                }
-                _ => self.sockets.send(t.local, t.remote, &t.data).await,
-            }
-        }
         while let Some(e) = self.endpoint.poll_event() {
             match e {
                 Event::ChildSaUp(c) => match &mut self.esp {
@@ -221,6 +214,17 @@ impl EngineTask {
                 }
                 Event::IkeSaDown { vpn, reason, .. } => info!(target: "ike", vpn, ?reason, "IKE SA down"),
                 Event::Failure { vpn, message } => warn!(target: "ike", vpn = ?vpn, "{message}"),
+            }
+        }
+        while let Some(t) = self.endpoint.poll_transmit() {
+            match &self.esp {
+                // The dataplane owns the NAT-T sockets (IKE and ESP share them, RFC 3948).
+                Some(esp) if t.local.port() == esp.natt_port() => {
+                    if let Err(e) = esp.handle().send_ike(t.local, t.remote, &t.data) {
+                        debug!(target: "io", remote = %t.remote, "send: {e}");
+                    }
+                }
+                _ => self.sockets.send(t.local, t.remote, &t.data).await,
             }
         }
     }

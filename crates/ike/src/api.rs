@@ -86,6 +86,8 @@ pub enum DownReason {
     Rekeyed,
     /// Hard lifetime expired.
     Expired,
+    /// A newer IKE SA with the same identities replaced it (`unique = replace`).
+    Duplicate,
     /// Negotiation failed (with the notify type or a text).
     Failed(String),
 }

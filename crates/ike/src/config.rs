@@ -44,6 +44,21 @@ pub enum StartAction {
     Trap,
 }
 
+/// What a responder does when a peer authenticates while an IKE SA with the same identities
+/// already exists for the vpn (strongSwan's `unique`). A peer that restarts without
+/// INITIAL_CONTACT would otherwise pile up IKE and CHILD SAs with the same selectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum UniquePolicy {
+    /// The new IKE SA replaces the older ones (their CHILD SAs go at once, a Delete follows).
+    #[default]
+    Replace,
+    /// The older IKE SA stays; the new one is refused with AUTHENTICATION_FAILED.
+    Keep,
+    /// Duplicates are allowed (INITIAL_CONTACT still clears the older ones).
+    Never,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum IpsecMode {
@@ -112,6 +127,12 @@ pub struct PeerConfig {
     pub force_encap: bool,
     /// Send INITIAL_CONTACT with the first IKE_AUTH.
     pub initial_contact: bool,
+    /// Uniqueness of IKE SAs with the same identities (see [`UniquePolicy`]).
+    pub unique: UniquePolicy,
+    /// Each CHILD SA gets a reqid of its own instead of its configuration's: a vpn that serves
+    /// many peers (any remote address, policy-based). A route-based vpn keeps the configuration's,
+    /// to which its interface is bound.
+    pub reqid_per_sa: bool,
     pub children: Vec<ChildConfig>,
 }
 

@@ -5,10 +5,13 @@
 use crate::api::{ChildSaInfo, DownReason, Event, IkeSaId, IkeSaInfo, IkeSaState, Transmit};
 use crate::config::{DeadPeerAction, EndpointConfig, PeerConfig, PreSharedKey, StartAction};
 use crate::observer::SaObserver;
+use crate::peers::Peers;
 use crate::reliability::{RequestCheck, Tick};
 use crate::sa::{IkeSa, Queued, SaState};
 use crate::spi::SpiAllocator;
-use std::collections::{HashMap, VecDeque};
+use crate::table::SaTable;
+use crate::tombstones::Tombstones;
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 use tandem_crypto::Random;
@@ -38,6 +41,8 @@ pub struct Stats {
     pub bad_message_id: u64,
     pub decrypt_failed: u64,
     pub retransmits_answered: u64,
+    /// Responses sent a second time because they crossed our request with the same Message ID.
+    pub crossed_responses_resent: u64,
     pub cookies_sent: u64,
     pub half_open_dropped: u64,
 }
@@ -53,15 +58,15 @@ struct Incoming<'a> {
 
 pub struct Endpoint {
     pub(crate) config: EndpointConfig,
-    pub(crate) peers: Vec<PeerConfig>,
+    pub(crate) peers: Peers,
     pub(crate) psks: Vec<PreSharedKey>,
-    pub(crate) sas: HashMap<IkeSaId, IkeSa>,
+    pub(crate) sas: SaTable,
     /// Responder SAs by (initiator SPI, peer address), to recognise retransmitted IKE_SA_INIT requests.
     pub(crate) half_open: HashMap<(u64, SocketAddr), IkeSaId>,
     pub(crate) transmits: VecDeque<Transmit>,
     pub(crate) events: VecDeque<Event>,
     pub(crate) observer: Option<Box<dyn SaObserver>>,
-    reqids: crate::reqid::Reqids,
+    pub(crate) reqids: crate::reqid::Reqids,
     pub(crate) spis: SpiAllocator,
     pub(crate) cookie_secret: [u8; 32],
     pub(crate) stats: Stats,
@@ -69,6 +74,8 @@ pub struct Endpoint {
     /// vpns to initiate again at the given time (restart actions).
     pub(crate) restarts: Vec<(Instant, String)>,
     pub(crate) now: Option<Instant>,
+    /// Last responses of removed IKE SAs (see `tombstones`).
+    pub(crate) tombstones: Tombstones,
     /// IKE SAs created while another SA was being handled, committed by `finish`.
     pub(crate) spawned: Vec<IkeSa>,
     /// The one source of randomness (see `with_random`).
@@ -93,11 +100,12 @@ impl Endpoint {
         Endpoint {
             rng,
             spawned: Vec::new(),
+            tombstones: Tombstones::default(),
             spis: SpiAllocator::new(config.node_id),
+            sas: SaTable::new(config.half_open_timeout),
             config,
-            peers,
+            peers: Peers::new(peers),
             psks,
-            sas: HashMap::new(),
             half_open: HashMap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -115,22 +123,25 @@ impl Endpoint {
     /// vpns with start-action `start` that have no IKE SA are initiated.
     pub fn set_peers(&mut self, now: Instant, peers: Vec<PeerConfig>, psks: Vec<PreSharedKey>) {
         self.now = Some(now);
-        let removed: Vec<IkeSaId> = self
+        self.peers = Peers::new(peers);
+        self.psks = psks;
+        let mut removed: Vec<IkeSaId> = self
             .sas
             .values()
-            .filter(|sa| sa.vpn.as_ref().is_some_and(|v| !peers.iter().any(|p| &p.name == v)))
+            .filter(|sa| sa.vpn.as_ref().is_some_and(|v| !self.peers.contains(v)))
             .map(|sa| sa.id)
             .collect();
-        self.peers = peers;
-        self.psks = psks;
+        removed.sort_unstable();
         for id in removed {
             let _ = self.terminate_ike_sa(now, id);
         }
         // Release the reqids of configurations that are gone and that no SA still carries.
-        let (peers, sas) = (&self.peers, &self.sas);
+        let in_use: std::collections::HashSet<u32> =
+            self.sas.values().flat_map(|sa| sa.children.iter().map(|c| c.reqid)).collect();
+        let peers = &self.peers;
         self.reqids.retain(|vpn, child, reqid| {
-            peers.iter().any(|p| p.name == vpn && p.children.iter().any(|c| c.name == child))
-                || sas.values().any(|sa| sa.children.iter().any(|c| c.reqid == reqid))
+            peers.get(vpn).is_some_and(|p| p.children.iter().any(|c| c.name == child))
+                || in_use.contains(&reqid)
         });
         self.start_configured(now);
     }
@@ -141,7 +152,7 @@ impl Endpoint {
             .peers
             .iter()
             .filter(|p| p.children.iter().any(|c| c.start_action == StartAction::Start))
-            .filter(|p| !self.sas.values().any(|sa| sa.vpn.as_deref() == Some(&p.name)))
+            .filter(|p| self.sas.of_vpn(&p.name).next().is_none())
             .map(|p| p.name.clone())
             .collect();
         for n in names {
@@ -160,7 +171,7 @@ impl Endpoint {
     }
 
     pub(crate) fn peer(&self, name: &str) -> Option<&PeerConfig> {
-        self.peers.iter().find(|p| p.name == name)
+        self.peers.get(name)
     }
 
     /// The reqid of a vpn's CHILD SA configuration (allocated on first use, stable afterwards):
@@ -197,7 +208,15 @@ impl Endpoint {
         }
         // Our SPI is the responder SPI in messages from the original initiator, else the initiator SPI.
         let ours = if h.is_initiator() { h.spi_r } else { h.spi_i };
-        let Some(mut sa) = self.sas.remove(&ours) else {
+        let Some(mut sa) = self.sas.checkout(&ours) else {
+            if !h.is_response() {
+                if let Some(d) = self.tombstones.answer(now, ours, h.message_id, remote) {
+                    self.stats.retransmits_answered += 1;
+                    debug!(target: "ike", %remote, spi = format_args!("{ours:#018x}"), "answering a retransmission for a removed IKE SA");
+                    self.send_datagrams(local, remote, d);
+                    return;
+                }
+            }
             self.stats.unknown_sa += 1;
             debug!(target: "ike", %remote, spi = format_args!("{ours:#018x}"), "no IKE SA for datagram");
             return;
@@ -205,7 +224,7 @@ impl Endpoint {
         if h.is_initiator() == sa.initiator {
             // The flag must name the peer's role, not ours.
             self.stats.malformed += 1;
-            self.sas.insert(ours, sa);
+            self.sas.commit(sa);
             return;
         }
         let fragment = match msg.payloads.last() {
@@ -222,6 +241,11 @@ impl Endpoint {
             }
             if expected && (fragment.is_none() || opened.is_some()) && sa.rel.accept_response(h.message_id) {
                 sa.last_received = Some(now);
+                if let Some(d) = sa.rel.take_crossed_response(now, h.message_id) {
+                    self.stats.crossed_responses_resent += 1;
+                    debug!(target: "ike", mid = h.message_id, "Message IDs crossed: sending our response again");
+                    self.send_datagrams(sa.local, sa.remote, d);
+                }
                 self.handle_response(now, &mut sa, Incoming { local, remote, raw: data, msg, opened });
             }
         } else {
@@ -299,7 +323,7 @@ impl Endpoint {
                 }
             }
             crate::sa::Request::DeleteIke => sa.state = SaState::Deleting,
-            crate::sa::Request::Liveness | crate::sa::Request::Notify => {}
+            crate::sa::Request::Liveness | crate::sa::Request::Notify | crate::sa::Request::Abandoned => {}
             crate::sa::Request::SaInit => {}
         }
     }
@@ -322,7 +346,7 @@ impl Endpoint {
             ))],
         };
         let datagrams = self.seal(sa, msg.header.exchange, true, mid, response);
-        sa.rel.responded(mid, datagrams.clone());
+        sa.rel.responded(now, mid, datagrams.clone());
         self.send_datagrams(sa.local, sa.remote, datagrams);
     }
 
@@ -440,7 +464,7 @@ impl Endpoint {
                 obs.ike_sa_changed(sa.id, &snap);
             }
         }
-        self.sas.insert(sa.id, sa);
+        self.sas.commit(sa);
         // IKE SAs born of this turn (rekeys) take the same path: queued work starts, the observer
         // hears of them.
         while let Some(new) = self.spawned.pop() {
@@ -485,11 +509,32 @@ impl Endpoint {
         }
     }
 
+    /// An instance reqid goes back to the pool once no CHILD SA of `sa` holds it (a CHILD SA and
+    /// the twin of a collision share one; other IKE SAs never hold it).
+    pub(crate) fn release_reqid_if_unused(&mut self, sa: &IkeSa, reqid: u32) {
+        if !sa.children.iter().any(|c| c.reqid == reqid) {
+            self.reqids.release_instance(reqid);
+        }
+    }
+
+    /// Take a responder SA out of the half-open map (established or gone).
+    pub(crate) fn forget_half_open(&mut self, sa: &mut IkeSa) {
+        if let Some(k) = sa.half_open_key.take() {
+            if self.half_open.get(&k) == Some(&sa.id) {
+                self.half_open.remove(&k);
+            }
+        }
+    }
+
     /// Remove an SA for good: report its CHILD SAs and itself down.
     pub(crate) fn drop_sa(&mut self, sa: &mut IkeSa, reason: DownReason) {
         let vpn = sa.vpn.clone().unwrap_or_default();
         if !sa.superseded {
-            for c in std::mem::take(&mut sa.children).into_iter().filter(|c| c.announced) {
+            let children = std::mem::take(&mut sa.children);
+            for r in children.iter().map(|c| c.reqid).collect::<BTreeSet<u32>>() {
+                self.reqids.release_instance(r);
+            }
+            for c in children.into_iter().filter(|c| c.announced) {
                 self.events.push_back(Event::ChildSaDown {
                     ike_sa: sa.id,
                     vpn: vpn.clone(),
@@ -509,7 +554,16 @@ impl Endpoint {
                 reason: reason.clone(),
             });
         }
-        self.half_open.retain(|_, v| *v != sa.id);
+        self.forget_half_open(sa);
+        self.sas.discard(sa.id);
+        // The response that ended it (the peer's Delete) may need sending again.
+        if let (Some(now), Some((mid, d))) = (self.now, sa.rel.last_response.take()) {
+            let recent =
+                sa.rel.last_response_at.is_some_and(|t| now < t + crate::tombstones::TOMBSTONE_LIFETIME);
+            if sa.established.is_some() && recent {
+                self.tombstones.bury(now, sa.id, mid, d, sa.remote);
+            }
+        }
         if let Some(obs) = self.observer.as_mut() {
             obs.ike_sa_removed(sa.id);
         }
@@ -534,14 +588,12 @@ impl Endpoint {
     /// Run due timers (retransmissions, rekeys, lifetimes, DPD, restarts).
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = Some(now);
-        let due: Vec<IkeSaId> = self
-            .sas
-            .values()
-            .filter(|sa| self.deadline_of(sa).is_some_and(|d| d <= now))
-            .map(|sa| sa.id)
-            .collect();
-        for id in due {
-            let Some(mut sa) = self.sas.remove(&id) else { continue };
+        for id in self.sas.due(now) {
+            let Some(mut sa) = self.sas.checkout(&id) else { continue };
+            if let Some(d) = sa.rel.due_echo(now) {
+                self.stats.crossed_responses_resent += 1;
+                self.send_datagrams(sa.local, sa.remote, d);
+            }
             match sa.rel.tick(now, &self.config.retransmit) {
                 Tick::Retransmit(d) => {
                     debug!(target: "ike", sa = format_args!("{id:#018x}"), "retransmitting");
@@ -555,7 +607,13 @@ impl Endpoint {
                             message: format!("no response from {}", sa.remote),
                         });
                     }
-                    self.drop_sa(&mut sa, DownReason::PeerDead);
+                    // An unanswered Delete ends an SA that was going anyway, for its own reason
+                    // (and without the dead-peer action: the peer may well be alive).
+                    let reason = match sa.state {
+                        SaState::Deleting => sa.down_reason.clone().unwrap_or(DownReason::LocalDelete),
+                        _ => DownReason::PeerDead,
+                    };
+                    self.drop_sa(&mut sa, reason);
                     continue;
                 }
                 Tick::Nothing => {}
@@ -569,22 +627,13 @@ impl Endpoint {
             std::mem::take(&mut self.restarts).into_iter().partition(|(t, _)| *t <= now);
         self.restarts = later;
         for (_, vpn) in due {
-            if !self.sas.values().any(|sa| sa.vpn.as_deref() == Some(&vpn) && sa.state != SaState::Deleting) {
+            if !self.sas.of_vpn(&vpn).any(|sa| sa.state != SaState::Deleting) {
                 info!(target: "ike", vpn = %vpn, "re-establishing");
                 if let Err(e) = self.initiate(now, &vpn) {
                     warn!(target: "ike", vpn = %vpn, "restart failed: {e}");
                 }
             }
         }
-    }
-
-    /// The earliest deadline of `sa`, half-open expiry included. `poll_timeout` reports it and
-    /// `handle_timeout` visits the SAs it makes due: one function for both, so a reported deadline
-    /// is always handled (else the daemon would wake up for it again and again).
-    fn deadline_of(&self, sa: &IkeSa) -> Option<Instant> {
-        let half_open =
-            sa.created.filter(|_| sa.established.is_none()).map(|c| c + self.config.half_open_timeout);
-        [sa.next_deadline(), half_open].into_iter().flatten().min()
     }
 
     /// Lifetimes, half-open expiry and liveness checks. Returns true when the SA was removed.
@@ -635,6 +684,7 @@ impl Endpoint {
                 self.enqueue(now, sa, Queued::RekeyIke);
             }
         }
+        self.run_child_retries(now, sa);
         let mut rekeys = Vec::new();
         let mut expired = Vec::new();
         let mut retired = Vec::new();
@@ -692,8 +742,7 @@ impl Endpoint {
 
     /// A packet matched a trap policy of `vpn`/`child`: initiate if no negotiation is under way.
     pub fn acquire(&mut self, now: Instant, vpn: &str, child: &str) {
-        let existing =
-            self.sas.values().find(|sa| sa.vpn.as_deref() == Some(vpn)).map(|sa| (sa.id, sa.state));
+        let existing = self.sas.of_vpn(vpn).next().map(|sa| (sa.id, sa.state));
         match existing {
             None => {
                 if let Err(e) = self.initiate(now, vpn) {
@@ -701,7 +750,7 @@ impl Endpoint {
                 }
             }
             Some((id, SaState::Established)) => {
-                let Some(mut sa) = self.sas.remove(&id) else { return };
+                let Some(mut sa) = self.sas.checkout(&id) else { return };
                 let up = sa.children.iter().any(|c| c.name == child && c.live());
                 let queued =
                     sa.queue.iter().any(|q| matches!(q, Queued::CreateChild { name, .. } if name == child));
@@ -726,30 +775,31 @@ impl Endpoint {
             }
         }
         self.last_invalid_spi.insert(remote, now);
-        let id = self
-            .sas
-            .values()
-            .find(|sa| sa.state == SaState::Established && sa.remote.ip() == remote)
-            .map(|sa| sa.id);
+        let id = self.sas.of_remote(remote).find(|sa| sa.state == SaState::Established).map(|sa| sa.id);
         if let Some(id) = id {
-            if let Some(mut sa) = self.sas.remove(&id) {
+            if let Some(mut sa) = self.sas.checkout(&id) {
                 self.enqueue(now, &mut sa, Queued::InvalidSpi(spi));
                 self.finish(now, sa);
             }
         }
     }
 
+    /// Drop the SA's queued work and send its Delete now, or once the window is free.
+    pub(crate) fn delete_ike_next(&mut self, now: Instant, sa: &mut IkeSa) {
+        sa.queue.clear();
+        if sa.rel.can_send() {
+            self.start_delete_ike(now, sa);
+        } else {
+            sa.queue.push(Queued::DeleteIke);
+        }
+    }
+
     /// Delete an IKE SA (and its CHILD SAs) with an INFORMATIONAL Delete.
     pub fn terminate_ike_sa(&mut self, now: Instant, id: IkeSaId) -> Result<(), EngineError> {
         self.now = Some(now);
-        let mut sa = self.sas.remove(&id).ok_or(EngineError::UnknownIkeSa(id))?;
+        let mut sa = self.sas.checkout(&id).ok_or(EngineError::UnknownIkeSa(id))?;
         if sa.state == SaState::Established {
-            sa.queue.clear();
-            if sa.rel.can_send() {
-                self.start_delete_ike(now, &mut sa);
-            } else {
-                sa.queue.push(Queued::DeleteIke);
-            }
+            self.delete_ike_next(now, &mut sa);
             self.finish(now, sa);
         } else {
             self.drop_sa(&mut sa, DownReason::LocalDelete);
@@ -761,7 +811,7 @@ impl Endpoint {
     pub fn terminate_child_sa(&mut self, now: Instant, spi: u32) -> Result<(), EngineError> {
         self.now = Some(now);
         let id = self.sa_of_child(spi).ok_or(EngineError::UnknownChildSa(spi))?;
-        let mut sa = self.sas.remove(&id).ok_or(EngineError::UnknownChildSa(spi))?;
+        let mut sa = self.sas.checkout(&id).ok_or(EngineError::UnknownChildSa(spi))?;
         let spi_in = sa.child_by_spi(spi).map(|i| sa.children[i].spi_in).unwrap_or(spi);
         self.enqueue(now, &mut sa, Queued::DeleteChild(vec![spi_in]));
         self.finish(now, sa);
@@ -772,7 +822,7 @@ impl Endpoint {
     pub fn rekey_child_sa(&mut self, now: Instant, spi: u32) -> Result<(), EngineError> {
         self.now = Some(now);
         let id = self.sa_of_child(spi).ok_or(EngineError::UnknownChildSa(spi))?;
-        let mut sa = self.sas.remove(&id).ok_or(EngineError::UnknownChildSa(spi))?;
+        let mut sa = self.sas.checkout(&id).ok_or(EngineError::UnknownChildSa(spi))?;
         let c = sa.child_by_spi(spi).map(|i| (sa.children[i].name.clone(), sa.children[i].spi_in));
         if let Some((name, spi_in)) = c {
             self.enqueue(now, &mut sa, Queued::CreateChild { name, rekeys_spi_in: Some(spi_in) });
@@ -784,14 +834,21 @@ impl Endpoint {
     /// Start an IKE SA rekey.
     pub fn rekey_ike_sa(&mut self, now: Instant, id: IkeSaId) -> Result<(), EngineError> {
         self.now = Some(now);
-        let mut sa = self.sas.remove(&id).ok_or(EngineError::UnknownIkeSa(id))?;
+        let mut sa = self.sas.checkout(&id).ok_or(EngineError::UnknownIkeSa(id))?;
         self.enqueue(now, &mut sa, Queued::RekeyIke);
         self.finish(now, sa);
         Ok(())
     }
 
     fn sa_of_child(&self, spi: u32) -> Option<IkeSaId> {
-        self.sas.values().find(|sa| sa.child_by_spi(spi).is_some()).map(|sa| sa.id)
+        self.sas.sa_of_child(spi)
+    }
+
+    /// Recompute the SA table's timer queue and indexes and compare them with what is filed
+    /// (simulations check this after every step).
+    #[doc(hidden)]
+    pub fn check_indexes(&self) -> Result<(), String> {
+        self.sas.check()
     }
 
     /// True when no IKE SA has a request outstanding or queued: nothing will happen until a
@@ -810,7 +867,7 @@ impl Endpoint {
 
     /// The earliest deadline at which `handle_timeout` must be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let sa_min = self.sas.values().filter_map(|sa| self.deadline_of(sa)).min();
+        let sa_min = self.sas.next_deadline();
         let restart = self.restarts.iter().map(|(t, _)| *t).min();
         [sa_min, restart].into_iter().flatten().min()
     }

@@ -148,7 +148,7 @@ impl Endpoint {
     pub(crate) fn establish(&mut self, now: Instant, sa: &mut IkeSa, peer: &PeerConfig) {
         sa.state = SaState::Established;
         sa.established = Some(now);
-        self.half_open.retain(|_, v| *v != sa.id);
+        self.forget_half_open(sa);
         let lt = &peer.ike_lifetimes;
         sa.rekey_at = lt.rekey_time.map(|r| now + jitter(&mut *self.rng, r, lt.rand_time));
         sa.expire_at = lt.life_time.map(|l| now + l);
@@ -184,8 +184,7 @@ impl Endpoint {
         // Pick the vpn: among candidates, one whose remote id matches (a configured id beats "any"),
         // and whose local id matches IDr when the initiator sent one.
         let peer = remote_id.as_ref().and_then(|rid| {
-            let cands: Vec<&PeerConfig> =
-                self.peers.iter().filter(|p| sa.candidates.contains(&p.name)).collect();
+            let cands: Vec<&PeerConfig> = sa.candidates.iter().filter_map(|n| self.peers.get(n)).collect();
             let fits = |p: &&PeerConfig| idr.as_ref().is_none_or(|r| *r == p.local_id);
             cands
                 .iter()
@@ -228,6 +227,14 @@ impl Endpoint {
         {
             self.initial_contact(now, sa, &remote_id);
         }
+        if !self.enforce_unique(now, sa, &peer) {
+            self.events.push_back(Event::Failure {
+                vpn: Some(peer.name.clone()),
+                message: format!("{remote_id} already has an IKE SA (unique = keep)"),
+            });
+            sa.state = SaState::Deleting;
+            return fail(NotifyType::AUTHENTICATION_FAILED);
+        }
         self.establish(now, sa, &peer);
         info!(target: "ike", vpn = %peer.name, remote = %sa.remote, id = %remote_id, "IKE SA established (responder)");
         let mut out = vec![
@@ -242,14 +249,15 @@ impl Endpoint {
 
     /// INITIAL_CONTACT: the peer lost its state; drop our other IKE SAs with the same identities.
     fn initial_contact(&mut self, _now: Instant, sa: &IkeSa, remote_id: &Identity) {
+        let Some(vpn) = &sa.vpn else { return };
         let stale: Vec<u64> = self
             .sas
-            .values()
-            .filter(|o| o.id != sa.id && o.remote_id.as_ref() == Some(remote_id) && o.vpn == sa.vpn)
+            .of_vpn(vpn)
+            .filter(|o| o.id != sa.id && o.remote_id.as_ref() == Some(remote_id))
             .map(|o| o.id)
             .collect();
         for id in stale {
-            if let Some(mut old) = self.sas.remove(&id) {
+            if let Some(mut old) = self.sas.checkout(&id) {
                 info!(target: "ike", vpn = ?old.vpn, "INITIAL_CONTACT: removing stale IKE SA");
                 self.drop_sa(&mut old, crate::api::DownReason::PeerDelete);
             }

@@ -73,9 +73,7 @@ fn spi_u64(spi: &[u8]) -> Option<u64> {
 
 impl Endpoint {
     pub(crate) fn alloc_esp_spi(&mut self) -> u32 {
-        self.spis.esp_spi(&mut *self.rng, |s| {
-            self.sas.values().any(|sa| sa.children.iter().any(|c| c.spi_in == s))
-        })
+        self.spis.esp_spi(&mut *self.rng, |s| self.sas.spi_in_use(s))
     }
 
     /// SA, [Nonce, KE,] TSi, TSr and mode notify of a CHILD SA request.
@@ -127,7 +125,16 @@ impl Endpoint {
         dataplane: Install,
     ) {
         let vpn = sa.vpn.clone().unwrap_or_default();
-        let reqid = self.reqid(&vpn, &child.name);
+        Self::child_retry_done(sa, &child.name);
+        // A rekey keeps its predecessor's reqid; a new CHILD SA of a vpn serving any remote gets
+        // one of its own (see `reqid`).
+        let inherited =
+            replaces.and_then(|old| sa.children.iter().find(|c| c.spi_in == old)).map(|c| c.reqid);
+        let reqid = match inherited {
+            Some(r) => r,
+            None if self.peer(&vpn).is_some_and(|p| p.reqid_per_sa) => self.reqids.instance(),
+            None => self.reqid(&vpn, &child.name),
+        };
         let (keys_in, keys_out) = child_directions(keys, we_initiated);
         // Transport mode across a NAT (RFC 7296 section 2.23.1): the selectors name the hosts'
         // own addresses, but packets carry the addresses seen on the wire. The SA installed here
@@ -356,10 +363,19 @@ impl Endpoint {
             if let Some(old) = pending.rekeys_spi_in {
                 return self.child_rekey_refused(now, sa, old, e);
             }
-            warn!(target: "ike", vpn, child = %child.name, "CHILD SA refused by peer: {e}");
+            let retry = child.start_action == crate::config::StartAction::Start;
+            if retry {
+                self.schedule_child_retry(now, sa, &child.name, &e.to_string());
+            } else {
+                warn!(target: "ike", vpn, child = %child.name, "CHILD SA refused by peer: {e}");
+            }
             self.events.push_back(Event::Failure {
                 vpn: Some(vpn),
-                message: format!("CHILD SA {} refused: {e}", child.name),
+                message: format!(
+                    "CHILD SA {} refused: {e}{}",
+                    child.name,
+                    if retry { " (retrying)" } else { "" }
+                ),
             });
             return;
         }
@@ -610,7 +626,7 @@ impl Endpoint {
         let Ok(shared) = k.compute_shared(&data) else { return err(NotifyType::INVALID_SYNTAX) };
         let nr = self.rng.vec(NONCE_LEN);
         let new_id = self.spis.ike_spi(&mut *self.rng, |s| {
-            self.sas.contains_key(&s) || s == sa.id || self.spawned.iter().any(|n| n.id == s)
+            self.sas.contains(&s) || s == sa.id || self.spawned.iter().any(|n| n.id == s)
         });
         let Some(new) = self.rekeyed_sa(now, sa, peer, sel, false, peer_spi, new_id, ni, &nr, &shared) else {
             return err(NotifyType::NO_PROPOSAL_CHOSEN);
@@ -670,10 +686,7 @@ impl Endpoint {
         new.children = std::mem::take(&mut old.children);
         // CHILD SA work queued on the old SA follows its CHILD SAs (a rekey whose timer fired
         // while the IKE rekey was in flight would otherwise be lost with the old SA).
-        let (child_work, rest): (Vec<Queued>, Vec<Queued>) =
-            std::mem::take(&mut old.queue).into_iter().partition(Queued::is_child_work);
-        new.queue = child_work;
-        old.queue = rest;
+        new.queue = Self::take_child_work(old);
         new.state = SaState::Established;
         new.established = Some(now);
         let lt = &peer.ike_lifetimes;
@@ -698,7 +711,7 @@ impl Endpoint {
             .or_else(|| peer.ike_proposals.first().and_then(|p| p.dh.first().copied()));
         let Some(Ok(ke)) = group.map(|g| KeyExchange::generate(g, &mut *self.rng)) else { return };
         let new_spi = self.spis.ike_spi(&mut *self.rng, |s| {
-            self.sas.contains_key(&s) || s == sa.id || self.spawned.iter().any(|n| n.id == s)
+            self.sas.contains(&s) || s == sa.id || self.spawned.iter().any(|n| n.id == s)
         });
         let nonce = self.rng.vec(NONCE_LEN);
         let payloads = vec![
@@ -774,8 +787,13 @@ impl Endpoint {
                 return;
             }
             info!(target: "ike", vpn = %peer.name, "simultaneous IKE SA rekey: ours wins");
-            if let Some(mut theirs) = self.sas.remove(&theirs_id) {
+            if let Some(mut theirs) = self.sas.checkout(&theirs_id) {
                 new.children = std::mem::take(&mut theirs.children);
+                // CHILD SA work that followed the CHILD SAs to the peer's new SA follows them on to
+                // ours, the in-flight request included: the peer drops the redundant SA and never
+                // answers it, and a rekey left waiting there would let the CHILD SA reach its hard
+                // lifetime unrekeyed (seed 2427).
+                new.queue.extend(Self::take_child_work(&mut theirs));
                 theirs.superseded = true;
                 // Its creator deletes it; if that Delete never comes, we do (row I1).
                 theirs.retire_at = Some(now + SUPERSEDED_WAIT);
@@ -788,11 +806,36 @@ impl Endpoint {
         sa.queue.push(Queued::DeleteIke);
     }
 
+    /// The CHILD SA work of `sa` as queued requests: its queue's, and its in-flight CHILD SA
+    /// request, which stays on the wire as `Request::Abandoned`.
+    fn take_child_work(sa: &mut IkeSa) -> Vec<Queued> {
+        let mut work = Vec::new();
+        match sa.request.take() {
+            Some(Request::CreateChild(p)) => {
+                work.push(Queued::CreateChild { name: p.name, rekeys_spi_in: p.rekeys_spi_in });
+                sa.request = Some(Request::Abandoned);
+            }
+            Some(Request::DeleteChild(spis)) => {
+                work.push(Queued::DeleteChild(spis));
+                sa.request = Some(Request::Abandoned);
+            }
+            other => sa.request = other,
+        }
+        let (child_work, rest): (Vec<Queued>, Vec<Queued>) =
+            std::mem::take(&mut sa.queue).into_iter().partition(Queued::is_child_work);
+        sa.queue = rest;
+        work.extend(child_work);
+        work
+    }
+
     pub(crate) fn remove_child(&mut self, sa: &mut IkeSa, spi_in: u32, reason: DownReason) {
         if let Some(i) = sa.children.iter().position(|c| c.spi_in == spi_in) {
             let c = sa.children.remove(i);
             let reason =
                 if c.retired.is_some() || c.peer_successor.is_some() { DownReason::Rekeyed } else { reason };
+            if reason != DownReason::Rekeyed {
+                self.release_reqid_if_unused(sa, c.reqid);
+            }
             info!(target: "ike", vpn = ?sa.vpn, child = %c.name, spi_in = format_args!("{:#010x}", c.spi_in), ?reason, "CHILD SA down");
             if !c.announced {
                 return;

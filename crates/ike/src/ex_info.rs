@@ -100,16 +100,17 @@ impl Endpoint {
     /// our response). The CHILD SAs go back to the old SA, which our response then moves on.
     fn hand_back_children(&mut self, sa: &mut IkeSa) {
         let Some(old_id) = sa.replaces_ike else { return };
-        let Some(old) = self.sas.get_mut(&old_id) else { return };
-        let ours_in_flight = matches!(old.request, Some(Request::RekeyIke(_)));
-        if !ours_in_flight || old.rekeyed_by_peer.as_ref().is_none_or(|r| r.0 != sa.id) {
-            return;
-        }
-        old.children.append(&mut sa.children);
-        old.rekeyed_by_peer = None;
-        old.superseded = false;
-        old.retire_at = None;
-        sa.superseded = true;
+        self.sas.update(&old_id, |old| {
+            let ours_in_flight = matches!(old.request, Some(Request::RekeyIke(_)));
+            if !ours_in_flight || old.rekeyed_by_peer.as_ref().is_none_or(|r| r.0 != sa.id) {
+                return;
+            }
+            old.children.append(&mut sa.children);
+            old.rekeyed_by_peer = None;
+            old.superseded = false;
+            old.retire_at = None;
+            sa.superseded = true;
+        });
     }
 
     /// The peer does not know one of our outbound SPIs (seed 001): the CHILD SA is dead. Remove it now

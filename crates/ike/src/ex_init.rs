@@ -91,7 +91,7 @@ impl Endpoint {
             .first()
             .and_then(|p| p.dh.first().copied())
             .ok_or_else(|| EngineError::Other(format!("vpn {vpn:?} has no IKE proposal")))?;
-        let id = self.spis.ike_spi(&mut *self.rng, |s| self.sas.contains_key(&s));
+        let id = self.spis.ike_spi(&mut *self.rng, |s| self.sas.contains(&s));
         let local = SocketAddr::new(local_ip, 500);
         let remote = SocketAddr::new(remote_ip, peer.remote_port);
         let mut sa = IkeSa::new(id, true, local, remote, now);
@@ -300,8 +300,8 @@ impl Endpoint {
         }
         let candidates: Vec<&crate::config::PeerConfig> = self
             .peers
-            .iter()
-            .filter(|c| c.remote_addr.is_none_or(|a| a == remote.ip()))
+            .for_remote(remote.ip())
+            .into_iter()
             .filter(|c| c.local_addr.is_none_or(|a| a == local.ip() || a.is_unspecified()))
             .collect();
         let ours: Vec<tandem_crypto::Proposal> =
@@ -329,7 +329,7 @@ impl Endpoint {
             self.send_stateless(local, remote, spi_i, Notify::new(NotifyType::INVALID_SYNTAX, vec![]));
             return;
         };
-        let id = self.spis.ike_spi(&mut *self.rng, |s| self.sas.contains_key(&s));
+        let id = self.spis.ike_spi(&mut *self.rng, |s| self.sas.contains(&s));
         let mut sa = IkeSa::new(id, false, local, remote, now);
         sa.spi_i = spi_i;
         sa.candidates = names;
@@ -363,8 +363,9 @@ impl Endpoint {
         let header = IkeHeader::new(spi_i, id, ExchangeType::IKE_SA_INIT, flags::RESPONSE, 0);
         let bytes = Message { header, payloads }.emit();
         sa.init_response = bytes.clone();
-        sa.rel.responded(0, vec![bytes.clone()]);
+        sa.rel.responded(now, 0, vec![bytes.clone()]);
         self.half_open.insert((spi_i, remote), id);
+        sa.half_open_key = Some((spi_i, remote));
         self.send_datagrams(local, remote, vec![bytes]);
         self.finish(now, sa);
     }

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+mod child_retry;
 pub mod config;
 mod endpoint;
 mod ex_auth;
@@ -14,12 +15,16 @@ mod ex_info;
 mod ex_init;
 mod ident;
 pub mod observer;
+mod peers;
 pub mod proposal;
 mod rekey_child;
 pub mod reliability;
 mod reqid;
 pub mod sa;
 pub mod spi;
+mod table;
+mod tombstones;
+mod unique;
 
 pub use api::*;
 pub use config::*;

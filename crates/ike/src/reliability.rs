@@ -1,10 +1,33 @@
 //! The reliability layer of one IKE SA (RFC 7296 sections 2.1-2.4), kept apart from the exchanges:
 //! Message IDs in both directions, retransmission of our outstanding request with exponential backoff,
 //! and the cache of our last response so a retransmitted request gets the identical bytes back.
+//!
+//! Crossed Message IDs. Each direction counts its own Message IDs, so when both ends send a
+//! request at the same moment (equal rekey timers) our request N and our response N to the peer's
+//! request N are on the wire together. strongSwan's charon drops any message whose ID equals the
+//! one it is still processing on that IKE SA, request or response (`ike_sa_manager.c`,
+//! "ignoring request with ID N, already processing"), so one of the two is lost and the peer
+//! waits for a retransmission (seconds): long enough for a rekey to run past the hard lifetime of
+//! the SA it replaces. Two remedies, both only when the IDs cross and both harmless to any peer
+//! (a duplicate is what retransmission already produces):
+//! - our response N went out while our request N was in flight: when the peer's response N
+//!   arrives (it has then all but finished with our request), send our response N again, and
+//!   once more [`CROSSED_ECHO_DELAY`] later (the peer may still hold the IKE SA for a moment
+//!   after sending its response: seen against charon);
+//! - our request N goes out just after our response N: retransmit it once early, after
+//!   [`CROSSED_RETRANSMIT`], before the normal schedule starts.
 
 use crate::config::RetransmitConfig;
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
+
+/// A request that follows our response with the same Message ID within this time may have
+/// reached the peer while it was still processing that response.
+pub const CROSSING_WINDOW: Duration = Duration::from_millis(200);
+/// When such a request is retransmitted first (the normal schedule follows, tries unchanged).
+pub const CROSSED_RETRANSMIT: Duration = Duration::from_millis(250);
+/// The second resend of a response that crossed our request, after the peer's response.
+pub const CROSSED_ECHO_DELAY: Duration = Duration::from_millis(100);
 
 /// What the layer says about an incoming request's Message ID.
 #[derive(Debug, PartialEq, Eq)]
@@ -24,6 +47,9 @@ pub struct Outstanding {
     pub tries: u32,
     #[serde(skip)]
     pub deadline: Option<Instant>,
+    /// The deadline is the early retransmission of a crossed request (see the module doc).
+    #[serde(default)]
+    pub early: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -35,6 +61,15 @@ pub struct Reliability {
     pub outstanding: Option<Outstanding>,
     /// Our response to the peer's last request: (Message ID, datagrams).
     pub last_response: Option<(u32, Vec<Vec<u8>>)>,
+    /// When `last_response` was sent.
+    #[serde(skip)]
+    pub last_response_at: Option<Instant>,
+    /// Message ID of a response we sent while our request with the same ID was in flight.
+    #[serde(default)]
+    pub crossed: Option<u32>,
+    /// When to send `last_response` once more (the delayed resend of a crossed response).
+    #[serde(skip)]
+    pub echo_at: Option<Instant>,
 }
 
 /// Result of a timer tick.
@@ -55,8 +90,18 @@ impl Reliability {
     pub fn send_request(&mut self, now: Instant, datagrams: Vec<Vec<u8>>, cfg: &RetransmitConfig) -> u32 {
         let id = self.next_request_id;
         self.next_request_id = self.next_request_id.wrapping_add(1);
-        self.outstanding =
-            Some(Outstanding { message_id: id, datagrams, tries: 0, deadline: Some(now + cfg.timeout) });
+        let crossed = matches!(
+            (&self.last_response, self.last_response_at),
+            (Some((rid, _)), Some(at)) if *rid == id && now.saturating_duration_since(at) < CROSSING_WINDOW
+        );
+        let first = if crossed { CROSSED_RETRANSMIT.min(cfg.timeout) } else { cfg.timeout };
+        self.outstanding = Some(Outstanding {
+            message_id: id,
+            datagrams,
+            tries: 0,
+            deadline: Some(now + first),
+            early: crossed,
+        });
         id
     }
 
@@ -67,6 +112,7 @@ impl Reliability {
             o.datagrams = datagrams;
             o.tries = 0;
             o.deadline = Some(now + cfg.timeout);
+            o.early = false;
         }
     }
 
@@ -91,14 +137,45 @@ impl Reliability {
         }
     }
 
-    /// Record our response to the request with `message_id`.
-    pub fn responded(&mut self, message_id: u32, datagrams: Vec<Vec<u8>>) {
+    /// Record our response to the request with `message_id`, sent at `now`.
+    pub fn responded(&mut self, now: Instant, message_id: u32, datagrams: Vec<Vec<u8>>) {
+        if self.outstanding.as_ref().is_some_and(|o| o.message_id == message_id) {
+            self.crossed = Some(message_id);
+        }
         self.last_response = Some((message_id, datagrams));
+        self.last_response_at = Some(now);
+        // A new request proves the peer has our previous response.
+        self.echo_at = None;
         self.expected_peer_id = message_id.wrapping_add(1);
     }
 
+    /// The peer's response `message_id` was accepted at `now`: our response with the same ID,
+    /// when it crossed our request, to be sent again now (and once more at `echo_at`).
+    pub fn take_crossed_response(&mut self, now: Instant, message_id: u32) -> Option<Vec<Vec<u8>>> {
+        if self.crossed != Some(message_id) {
+            return None;
+        }
+        self.crossed = None;
+        match &self.last_response {
+            Some((id, d)) if *id == message_id => {
+                self.echo_at = Some(now + CROSSED_ECHO_DELAY);
+                Some(d.clone())
+            }
+            _ => None,
+        }
+    }
+
+    /// The delayed resend of a crossed response, when due.
+    pub fn due_echo(&mut self, now: Instant) -> Option<Vec<Vec<u8>>> {
+        if self.echo_at.is_none_or(|t| t > now) {
+            return None;
+        }
+        self.echo_at = None;
+        self.last_response.as_ref().map(|(_, d)| d.clone())
+    }
+
     pub fn deadline(&self) -> Option<Instant> {
-        self.outstanding.as_ref().and_then(|o| o.deadline)
+        [self.outstanding.as_ref().and_then(|o| o.deadline), self.echo_at].into_iter().flatten().min()
     }
 
     pub fn tick(&mut self, now: Instant, cfg: &RetransmitConfig) -> Tick {
@@ -106,6 +183,11 @@ impl Reliability {
         match o.deadline {
             Some(d) if d <= now => {}
             _ => return Tick::Nothing,
+        }
+        if o.early {
+            o.early = false;
+            o.deadline = Some(now + cfg.timeout);
+            return Tick::Retransmit(o.datagrams.clone());
         }
         if o.tries >= cfg.tries {
             o.deadline = None;
@@ -173,10 +255,50 @@ mod tests {
         let mut r = Reliability::default();
         assert_eq!(r.check_request(1), RequestCheck::Drop);
         assert_eq!(r.check_request(0), RequestCheck::Process);
-        r.responded(0, vec![vec![7, 7]]);
+        r.responded(Instant::now(), 0, vec![vec![7, 7]]);
         assert_eq!(r.check_request(0), RequestCheck::Resend(vec![vec![7, 7]]));
         assert_eq!(r.check_request(1), RequestCheck::Process);
         assert_eq!(r.check_request(5), RequestCheck::Drop);
         assert_eq!(r.check_request(u32::MAX), RequestCheck::Drop);
+    }
+
+    #[test]
+    fn a_response_that_crossed_our_request_is_sent_again_once() {
+        let t0 = Instant::now();
+        let mut r = Reliability::default();
+        r.send_request(t0, vec![vec![1]], &cfg());
+        r.responded(t0, 0, vec![vec![9]]);
+        assert_eq!(r.take_crossed_response(t0, 1), None, "only for the crossing ID");
+        assert!(r.accept_response(0));
+        assert_eq!(r.take_crossed_response(t0, 0), Some(vec![vec![9]]));
+        assert_eq!(r.take_crossed_response(t0, 0), None, "once");
+        assert_eq!(r.deadline(), Some(t0 + CROSSED_ECHO_DELAY), "and once more, later");
+        assert_eq!(r.due_echo(t0), None);
+        assert_eq!(r.due_echo(t0 + CROSSED_ECHO_DELAY), Some(vec![vec![9]]));
+        assert_eq!((r.due_echo(t0 + CROSSED_ECHO_DELAY), r.deadline()), (None, None));
+        // Not crossed: the request was answered before we answered the peer's.
+        r.send_request(t0, vec![vec![2]], &cfg());
+        assert!(r.accept_response(1));
+        r.responded(t0, 1, vec![vec![8]]);
+        assert_eq!(r.take_crossed_response(t0, 1), None);
+    }
+
+    #[test]
+    fn a_request_just_after_our_response_with_its_id_is_retransmitted_early() {
+        let t0 = Instant::now();
+        let mut r = Reliability::default();
+        r.responded(t0, 0, vec![vec![9]]);
+        r.send_request(t0 + Duration::from_millis(5), vec![vec![1]], &cfg());
+        let early = t0 + Duration::from_millis(5) + CROSSED_RETRANSMIT;
+        assert_eq!(r.deadline(), Some(early));
+        assert_eq!(r.tick(early, &cfg()), Tick::Retransmit(vec![vec![1]]));
+        // Then the normal schedule, with every try still left.
+        assert_eq!(r.deadline(), Some(early + Duration::from_secs(2)));
+        assert_eq!(r.outstanding.as_ref().map(|o| o.tries), Some(0));
+        assert!(r.accept_response(0));
+        // Long after our response, or with another ID: the normal first timeout.
+        r.responded(t0, 1, vec![vec![8]]);
+        r.send_request(t0 + Duration::from_secs(1), vec![vec![2]], &cfg());
+        assert_eq!(r.deadline(), Some(t0 + Duration::from_secs(3)));
     }
 }

@@ -2,14 +2,26 @@
 //! policies, trap routes and outbound SAs by it. A pair keeps its reqid across rekeys and reloads;
 //! a reqid whose configuration is gone (and no SA uses any more) is released and reused, lowest
 //! first, so the numbers stay small and never run out over many reloads.
+//!
+//! A vpn that accepts any remote address serves many peers with one configuration; its CHILD
+//! SAs cannot share the configuration's reqid, or the dataplane would send every peer's traffic
+//! on whichever outbound SA came last. Each such CHILD SA gets an instance reqid of its own,
+//! inherited by its rekeys and released when it goes without a successor. A released instance
+//! reqid waits in a FIFO behind [`INSTANCE_QUARANTINE`] others before reuse, so that a number
+//! the dataplane may still hold for a lingering SA is not handed to another peer at once.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+
+/// Released instance reqids kept out of use before the oldest is reused.
+pub const INSTANCE_QUARANTINE: usize = 1024;
 
 #[derive(Debug, Default)]
 pub struct Reqids {
     by_name: HashMap<(String, String), u32>,
     free: BTreeSet<u32>,
     next: u32,
+    instances: HashSet<u32>,
+    instance_free: VecDeque<u32>,
 }
 
 impl Reqids {
@@ -24,6 +36,26 @@ impl Reqids {
         });
         self.by_name.insert((vpn.to_string(), child.to_string()), r);
         r
+    }
+
+    /// A reqid for one CHILD SA instance (see the module doc).
+    pub fn instance(&mut self) -> u32 {
+        let r = if self.instance_free.len() > INSTANCE_QUARANTINE {
+            self.instance_free.pop_front().unwrap_or_default()
+        } else {
+            self.next += 1;
+            self.next
+        };
+        self.instances.insert(r);
+        r
+    }
+
+    /// The CHILD SA holding instance reqid `r` went without a successor. Configuration reqids
+    /// are ignored here (`retain` releases those).
+    pub fn release_instance(&mut self, r: u32) {
+        if self.instances.remove(&r) {
+            self.instance_free.push_back(r);
+        }
     }
 
     /// Release every reqid for which `keep` is false.
@@ -53,5 +85,25 @@ mod tests {
         assert_eq!(r.get("d", "y"), 1);
         assert_eq!(r.get("e", "y"), 2);
         assert_eq!(r.get("f", "y"), 4);
+    }
+
+    #[test]
+    fn instance_reqids_are_unique_and_reused_only_after_the_quarantine() {
+        let mut r = Reqids::default();
+        let config = r.get("v", "net");
+        let a = r.instance();
+        let b = r.instance();
+        assert!(a != b && a != config && b != config);
+        r.release_instance(config);
+        assert_eq!(r.get("v", "net"), config, "a configuration reqid is not released as an instance");
+        r.release_instance(a);
+        r.release_instance(a);
+        let fresh: BTreeSet<u32> = (0..INSTANCE_QUARANTINE).map(|_| r.instance()).collect();
+        assert!(!fresh.contains(&a), "not reused within the quarantine");
+        for x in fresh.iter().copied() {
+            r.release_instance(x);
+        }
+        assert_eq!(r.instance(), a, "the oldest released is reused first");
+        assert_ne!(r.get("w", "net"), a);
     }
 }

@@ -120,6 +120,20 @@ pub enum Request {
     DeleteIke,
     Liveness,
     Notify,
+    /// A request whose work moved to another IKE SA (a simultaneous IKE rekey): it keeps the
+    /// window until answered or given up, so that no later Message ID overtakes it, and its
+    /// response is ignored.
+    Abandoned,
+}
+
+/// A refused CHILD SA to ask for again (see `child_retry`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChildRetry {
+    pub name: String,
+    /// Refusals so far, which set the backoff.
+    pub attempt: u32,
+    #[serde(skip)]
+    pub at: Option<Instant>,
 }
 
 /// A request waiting for the window (window size 1).
@@ -180,6 +194,9 @@ pub struct IkeSa {
     pub rel: Reliability,
     pub request: Option<Request>,
     pub queue: Vec<Queued>,
+    /// CHILD SAs (start-action `start`) the peer refused, asked for again with backoff.
+    #[serde(default)]
+    pub child_retries: Vec<ChildRetry>,
     /// Set when a rekeyed IKE SA replaced this one (or a collision made this one redundant): its
     /// CHILD SAs live elsewhere, so it goes without reporting them down.
     pub superseded: bool,
@@ -206,6 +223,13 @@ pub struct IkeSa {
     pub ke: Option<KeyExchange>,
     #[serde(skip)]
     pub created: Option<Instant>,
+    /// The SK crypters, built on first use once the keys exist (keys never change afterwards: a
+    /// rekey makes a new SA), instead of for every message.
+    #[serde(skip)]
+    pub sk: std::cell::OnceCell<SkPair>,
+    /// Key of this responder SA in the endpoint's half-open map, until it is established.
+    #[serde(skip)]
+    pub half_open_key: Option<(u64, std::net::SocketAddr)>,
     #[serde(skip)]
     pub established: Option<Instant>,
     #[serde(skip)]
@@ -251,6 +275,7 @@ impl IkeSa {
             rel: Reliability::default(),
             request: None,
             queue: Vec::new(),
+            child_retries: Vec::new(),
             superseded: false,
             retire_at: None,
             down_reason: None,
@@ -260,6 +285,8 @@ impl IkeSa {
             reassembly: Default::default(),
             ke: None,
             created: Some(now),
+            sk: Default::default(),
+            half_open_key: None,
             established: None,
             last_received: Some(now),
             rekey_at: None,
@@ -269,7 +296,15 @@ impl IkeSa {
     }
 
     /// The SK crypters for this SA, or `None` before keys exist.
-    pub fn crypters(&self) -> Option<SkPair> {
+    pub fn crypters(&self) -> Option<&SkPair> {
+        if let Some(c) = self.sk.get() {
+            return Some(c);
+        }
+        let pair = self.build_crypters()?;
+        Some(self.sk.get_or_init(|| pair))
+    }
+
+    fn build_crypters(&self) -> Option<SkPair> {
         let keys = self.keys.as_ref()?;
         let suite = self.suite?;
         let (e_out, a_out, e_in, a_in) = if self.initiator {
@@ -302,6 +337,9 @@ impl IkeSa {
             for t in [c.rekey_at, c.expire_at].into_iter().flatten() {
                 d = Some(d.map_or(t, |x: Instant| x.min(t)));
             }
+        }
+        for t in self.child_retries.iter().filter_map(|r| r.at) {
+            d = Some(d.map_or(t, |x: Instant| x.min(t)));
         }
         d
     }

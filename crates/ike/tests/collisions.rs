@@ -85,6 +85,8 @@ fn peer(s: &Scenario, side: usize, local: &str, remote: &str, lid: &str, rid: &s
         dpd_action: DeadPeerAction::Clear,
         force_encap: false,
         initial_contact: true,
+        unique: UniquePolicy::default(),
+        reqid_per_sa: false,
         children: vec![ChildConfig {
             name: "net".into(),
             local_ts: vec![ts(if side == 0 { "10.1.0.0/16" } else { "10.2.0.0/16" })],
@@ -218,9 +220,12 @@ fn seeded_rekey_collisions_keep_one_tunnel_and_traffic() {
         }
     }
     let n = failures.len();
-    if let Some(first) = failures.first() {
+    if n > 0 {
         let seeds: Vec<&str> =
             failures.iter().map(|f| f.split(':').next().unwrap_or("").trim_start_matches("seed ")).collect();
+        // Replay the first failure with the engines' own log lines in its trace.
+        sim::engine_log::enable();
+        let first = seeds[0].parse().ok().and_then(|s| run(s).err()).unwrap_or_else(|| failures[0].clone());
         panic!("{n} of {} seeds failed ({seeds:?}); the first:\n{first}", list.len());
     }
 }

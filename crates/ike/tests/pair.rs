@@ -42,6 +42,8 @@ fn peer(
         dpd_action: DeadPeerAction::Clear,
         force_encap: false,
         initial_contact: true,
+        unique: UniquePolicy::default(),
+        reqid_per_sa: false,
         children: vec![ChildConfig {
             name: "net".into(),
             local_ts: vec![ts(lts)],
@@ -280,6 +282,34 @@ fn delete_from_initiator_tears_down_both() {
         .events_b
         .iter()
         .any(|e| matches!(e, Event::ChildSaDown { reason: DownReason::PeerDelete, .. })));
+}
+
+#[test]
+fn a_retransmitted_delete_of_a_removed_ike_sa_is_answered() {
+    // The peer's answer to our Delete is lost (or, as with charon's redundant IKE SA after a lost
+    // rekey collision, arrives before it can match it); its retransmission must find an answer
+    // although the SA is gone, or the initiator keeps its half for minutes.
+    let mut p = Pair::new("aes256gcm16-prfsha256-x25519", "aes256gcm16", 100, None);
+    establish(&mut p);
+    let id = p.a.ike_sas()[0].id;
+    p.a.terminate_ike_sa(p.now, id).unwrap();
+    let delete = p.a.poll_transmit().unwrap();
+    p.b.handle_datagram(p.now, delete.remote, delete.local, &delete.data);
+    let answer = p.b.poll_transmit().expect("b answers the Delete");
+    assert!(p.b.ike_sas().is_empty(), "b removed the IKE SA");
+    let answered = p.b.stats().retransmits_answered;
+    p.b.handle_datagram(p.now + Duration::from_secs(2), delete.remote, delete.local, &delete.data);
+    let again = p.b.poll_transmit().expect("the retransmitted Delete is answered");
+    assert_eq!(again.data, answer.data, "with the same response");
+    assert_eq!(p.b.stats().retransmits_answered, answered + 1);
+    p.a.handle_datagram(p.now, again.remote, again.local, &again.data);
+    assert!(p.a.ike_sas().is_empty(), "and a completes its Delete");
+    // Not from another address, and not for ever.
+    let elsewhere: std::net::SocketAddr = "192.0.2.99:500".parse().unwrap();
+    p.b.handle_datagram(p.now, delete.remote, elsewhere, &delete.data);
+    assert!(p.b.poll_transmit().is_none());
+    p.b.handle_datagram(p.now + Duration::from_secs(181), delete.remote, delete.local, &delete.data);
+    assert!(p.b.poll_transmit().is_none());
 }
 
 #[test]
@@ -586,4 +616,255 @@ fn ike_sa_init_announces_childless_support_both_ways() {
         assert!(m.payloads.iter().any(|x| matches!(x, tandem_wire::Payload::Notify(n)
             if n.notify_type == tandem_wire::NotifyType::CHILDLESS_IKEV2_SUPPORTED)));
     }
+}
+
+/// Bring both ends' request Message IDs level (A has used 0 and 1 for IKE_SA_INIT and IKE_AUTH):
+/// B rekeys the CHILD SA once, a CREATE_CHILD_SA and an INFORMATIONAL of its own.
+fn level_message_ids(p: &mut Pair) {
+    let spi = p.b.child_sas()[0].spi_in;
+    p.b.rekey_child_sa(p.now, spi).unwrap();
+    p.run();
+    assert_eq!(p.b.child_sas().len(), 1);
+}
+
+/// strongSwan drops a message whose Message ID equals the one it is processing on that IKE SA,
+/// request or response. Both ends rekey at once with equal IDs; A's response to B's request
+/// reaches B while B is busy with A's request and is lost. A sends it again when B's response
+/// arrives, so B finishes at once instead of after a retransmission timeout.
+#[test]
+fn a_response_lost_to_crossed_message_ids_is_sent_again() {
+    let mut p = Pair::new("aes256gcm16-prfsha256-x25519", "aes256gcm16-x25519", 100, None);
+    establish(&mut p);
+    level_message_ids(&mut p);
+    let (old_a, old_b) = (p.a.child_sas()[0].spi_in, p.b.child_sas()[0].spi_in);
+    p.a.rekey_child_sa(p.now, old_a).unwrap();
+    p.b.rekey_child_sa(p.now, old_b).unwrap();
+    let a_req = p.a.poll_transmit().expect("A's request");
+    let b_req = p.b.poll_transmit().expect("B's request");
+    // B's request reaches A first; A's answer is lost (B is busy with A's request).
+    p.a.handle_datagram(p.now, b_req.remote, b_req.local, &b_req.data);
+    assert!(p.a.poll_transmit().is_some(), "A answers B's request");
+    assert!(p.a.poll_transmit().is_none());
+    p.b.handle_datagram(p.now, a_req.remote, a_req.local, &a_req.data);
+    let b_resp = p.b.poll_transmit().expect("B answers A's request");
+    assert!(p.b.poll_transmit().is_none());
+    // B's response makes A send its lost response again at once: B, still busy for a moment,
+    // loses that too (charon does, at times); the second resend, CROSSED_ECHO_DELAY later,
+    // completes B's rekey long before B's retransmission timeout.
+    p.a.handle_datagram(p.now, b_resp.remote, b_resp.local, &b_resp.data);
+    assert_eq!(p.a.stats().crossed_responses_resent, 1);
+    assert!(p.a.poll_transmit().is_some(), "the immediate resend (lost)");
+    p.run();
+    assert!(!p.b.is_idle(), "B still waits for A's response");
+    p.advance(tandem_ike::reliability::CROSSED_ECHO_DELAY);
+    assert_eq!(p.a.stats().crossed_responses_resent, 2);
+    let (a, b) = (p.a.child_sas(), p.b.child_sas());
+    assert_eq!((a.len(), b.len()), (1, 1), "{a:?}\n{b:?}");
+    assert_eq!((a[0].spi_in, a[0].spi_out), (b[0].spi_out, b[0].spi_in));
+    assert!(a[0].spi_in != old_a && b[0].spi_in != old_b, "rekeyed");
+    assert!(p.a.is_idle() && p.b.is_idle(), "no exchange left waiting for a retransmission");
+}
+
+/// The other order: A answers B's request N and sends its own request N right after; B, busy with
+/// A's response, drops the request. A retransmits it early instead of after its full timeout.
+#[test]
+fn a_request_lost_to_crossed_message_ids_is_retransmitted_early() {
+    let mut p = Pair::new("aes256gcm16-prfsha256-x25519", "aes256gcm16-x25519", 100, None);
+    establish(&mut p);
+    level_message_ids(&mut p);
+    let old_b = p.b.child_sas()[0].spi_in;
+    p.b.rekey_child_sa(p.now, old_b).unwrap();
+    let b_req = p.b.poll_transmit().expect("B's request");
+    p.a.handle_datagram(p.now, b_req.remote, b_req.local, &b_req.data);
+    let a_resp = p.a.poll_transmit().expect("A's response");
+    // A's own request (an INVALID_SPI report) starts a moment later with the same Message ID;
+    // B drops it.
+    p.now += Duration::from_millis(1);
+    p.a.report_invalid_spi(p.now, B.parse().unwrap(), 0x0bad_5e1f);
+    let lost = p.a.poll_transmit().expect("A's request");
+    assert!(p.a.poll_transmit().is_none());
+    drop(lost);
+    p.b.handle_datagram(p.now, a_resp.remote, a_resp.local, &a_resp.data);
+    p.run();
+    assert!(!p.a.is_idle(), "A's request is unanswered");
+    p.advance(tandem_ike::reliability::CROSSED_RETRANSMIT);
+    p.run();
+    assert!(p.a.is_idle() && p.b.is_idle(), "answered after the early retransmission");
+    assert_eq!(p.b.stats().bad_message_id, 0);
+}
+
+const SUITE: &str = "aes256gcm16-prfsha256-x25519";
+
+fn a_peer() -> PeerConfig {
+    peer("t", A, B, "a.test", "b.test", SUITE, "aes256gcm16", "10.1.0.0/24", "10.2.0.0/24")
+}
+
+fn b_peer() -> PeerConfig {
+    peer("t", B, A, "b.test", "a.test", SUITE, "aes256gcm16", "10.2.0.0/16", "10.1.0.0/16")
+}
+
+/// Establish, then let `a` restart without INITIAL_CONTACT and authenticate again, with `b`
+/// applying `unique`.
+fn restart_without_initial_contact(unique: UniquePolicy) -> Pair {
+    let mut p = Pair::new(SUITE, "aes256gcm16", 100, None);
+    p.b.set_peers(p.now, vec![PeerConfig { unique, ..b_peer() }], psk("secret"));
+    establish(&mut p);
+    p.a = Endpoint::new(
+        EndpointConfig::default(),
+        vec![PeerConfig { initial_contact: false, ..a_peer() }],
+        psk("secret"),
+    );
+    p.events_a.clear();
+    p.a.initiate(p.now, "t").unwrap();
+    p.run();
+    p
+}
+
+#[test]
+fn unique_replace_leaves_only_the_newer_ike_sa_of_a_restarted_peer() {
+    let mut p = restart_without_initial_contact(UniquePolicy::Replace);
+    let (ia, ib) = (p.a.ike_sas(), p.b.ike_sas());
+    assert_eq!(ia.len(), 1);
+    assert_eq!(ia[0].state, IkeSaState::Established);
+    let live: Vec<_> = ib.iter().filter(|s| s.state == IkeSaState::Established).collect();
+    assert_eq!(live.len(), 1, "one established IKE SA on b: {ib:?}");
+    assert_eq!((live[0].spi_i, live[0].spi_r), (ia[0].spi_i, ia[0].spi_r), "the new one");
+    let (ca, cb) = (p.a.child_sas(), p.b.child_sas());
+    assert_eq!(cb.len(), 1, "the older CHILD SA went with it: {cb:?}");
+    assert_eq!((cb[0].spi_in, cb[0].spi_out), (ca[0].spi_out, ca[0].spi_in));
+    assert!(p.events_b.iter().any(|e| matches!(e, Event::ChildSaDown { reason: DownReason::Duplicate, .. })));
+    // The restarted peer never answers the Delete of the old SA: retransmissions end it.
+    for _ in 0..10 {
+        p.advance(Duration::from_secs(30));
+    }
+    assert_eq!(p.b.ike_sas().len(), 1);
+    assert_eq!(p.b.child_sas().len(), 1);
+}
+
+#[test]
+fn unique_keep_refuses_the_newer_ike_sa() {
+    let p = restart_without_initial_contact(UniquePolicy::Keep);
+    assert!(p.a.ike_sas().is_empty(), "the restarted peer was refused: {:?}", p.a.ike_sas());
+    assert!(p.events_a.iter().any(|e| matches!(e, Event::Failure { .. })));
+    assert_eq!(p.b.ike_sas().len(), 1, "b keeps the older IKE SA");
+    assert_eq!(p.b.child_sas().len(), 1);
+}
+
+#[test]
+fn unique_never_allows_duplicates() {
+    let p = restart_without_initial_contact(UniquePolicy::Never);
+    assert_eq!(p.b.ike_sas().len(), 2);
+    assert_eq!(p.b.child_sas().len(), 2);
+}
+
+#[test]
+fn a_refused_child_sa_with_start_action_start_is_asked_for_again_with_backoff() {
+    let mut p = Pair::new(SUITE, "aes256gcm16", 100, None);
+    let start = |mut c: PeerConfig| {
+        c.children[0].start_action = StartAction::Start;
+        c
+    };
+    // b does not accept a's selectors yet: the CHILD SA of IKE_AUTH is refused.
+    let mut narrow = b_peer();
+    narrow.children[0].remote_ts = vec![ts("10.9.0.0/16")];
+    p.a.set_peers(p.now, vec![start(a_peer())], psk("secret"));
+    p.b.set_peers(p.now, vec![narrow], psk("secret"));
+    p.run();
+    assert_eq!(p.a.ike_sas().len(), 1, "the IKE SA stands, childless");
+    assert!(p.a.child_sas().is_empty());
+    let refusals = |p: &Pair| {
+        p.events_a
+            .iter()
+            .filter(|e| matches!(e, Event::Failure { message, .. } if message.contains("refused")))
+            .count()
+    };
+    assert_eq!(refusals(&p), 1);
+    // Still refused: asked again within the first backoff (at most 5 s), then again later.
+    p.advance(Duration::from_secs(5));
+    assert_eq!(refusals(&p), 2, "asked again within 5 s");
+    p.advance(Duration::from_secs(4));
+    assert_eq!(refusals(&p), 2, "the second wait is longer (5-10 s)");
+    // The operator fixes b; the next attempt succeeds.
+    p.b.set_peers(p.now, vec![b_peer()], psk("secret"));
+    for _ in 0..12 {
+        p.advance(Duration::from_secs(1));
+    }
+    assert_eq!(p.a.child_sas().len(), 1, "the CHILD SA came up on a retry");
+    assert_eq!(p.b.child_sas().len(), 1);
+    let n = refusals(&p);
+    for _ in 0..10 {
+        p.advance(Duration::from_secs(60));
+    }
+    assert_eq!(refusals(&p), n, "no more attempts once it is up");
+    assert_eq!(p.a.child_sas().len(), 1);
+}
+
+/// Move datagrams between two endpoints until both are quiet.
+fn exchange(x: &mut Endpoint, y: &mut Endpoint, now: Instant) {
+    for _ in 0..100 {
+        let mut moved = false;
+        while let Some(t) = x.poll_transmit() {
+            moved = true;
+            y.handle_datagram(now, t.remote, t.local, &t.data);
+        }
+        while let Some(t) = y.poll_transmit() {
+            moved = true;
+            x.handle_datagram(now, t.remote, t.local, &t.data);
+        }
+        if !moved {
+            return;
+        }
+    }
+}
+
+#[test]
+fn a_vpn_serving_any_peer_gives_each_child_sa_its_own_reqid() {
+    // One %any vpn on b, two road warriors with their own subnets: sharing the configuration's
+    // reqid would send both peers' traffic on whichever outbound SA came last.
+    let now = Instant::now();
+    let mut any = b_peer();
+    any.remote_addr = None;
+    any.remote_id = None;
+    any.reqid_per_sa = true;
+    any.children[0].remote_ts = vec![ts("10.0.0.0/8")];
+    let psks = || {
+        vec![PreSharedKey {
+            ids: vec![Identity::parse("a.test"), Identity::parse("c.test"), Identity::parse("b.test")],
+            secret: Zeroizing::new(b"secret".to_vec()),
+        }]
+    };
+    let mut b = Endpoint::new(EndpointConfig::default(), vec![any], psks());
+    let client = |addr: &str, id: &str, subnet: &str| {
+        let p = peer("t", addr, B, id, "b.test", SUITE, "aes256gcm16", subnet, "10.2.0.0/16");
+        Endpoint::new(EndpointConfig::default(), vec![p], psks())
+    };
+    let mut a = client(A, "a.test", "10.1.0.0/24");
+    let mut c = client("10.0.0.3", "c.test", "10.3.0.0/24");
+    a.initiate(now, "t").unwrap();
+    exchange(&mut a, &mut b, now);
+    c.initiate(now, "t").unwrap();
+    exchange(&mut c, &mut b, now);
+    let children = b.child_sas();
+    assert_eq!(children.len(), 2, "{children:?}");
+    assert_ne!(children[0].reqid, children[1].reqid, "one reqid per CHILD SA");
+    let of = |b: &Endpoint, subnet: &str| {
+        b.child_sas().into_iter().find(|ch| ch.remote_ts == vec![ts(subnet)]).map(|ch| (ch.reqid, ch.spi_in))
+    };
+    let (reqid_a, spi_a) = of(&b, "10.1.0.0/24").unwrap();
+    // A rekey keeps the reqid.
+    b.rekey_child_sa(now, spi_a).unwrap();
+    exchange(&mut a, &mut b, now);
+    let (after, spi_after) = of(&b, "10.1.0.0/24").unwrap();
+    assert_ne!(spi_after, spi_a, "rekeyed");
+    assert_eq!(after, reqid_a, "a rekey keeps its reqid");
+    // Deleting it frees its reqid but never hands it straight to the next peer.
+    b.terminate_child_sa(now, spi_after).unwrap();
+    exchange(&mut a, &mut b, now);
+    assert!(of(&b, "10.1.0.0/24").is_none());
+    let mut d = client("10.0.0.4", "a.test", "10.4.0.0/24");
+    d.initiate(now, "t").unwrap();
+    exchange(&mut d, &mut b, now);
+    let (reqid_d, _) = of(&b, "10.4.0.0/24").unwrap();
+    assert_ne!(reqid_d, reqid_a);
+    assert!(b.child_sas().iter().all(|ch| ch.reqid != reqid_a));
 }

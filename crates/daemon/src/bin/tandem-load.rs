@@ -65,6 +65,8 @@ fn peer(i: usize, a: &Args) -> Result<PeerConfig, String> {
         dpd_action: DeadPeerAction::Clear,
         force_encap: false,
         initial_contact: false,
+        unique: tandem_ike::UniquePolicy::default(),
+        reqid_per_sa: false,
         children: vec![ChildConfig {
             name: "c".into(),
             local_ts: vec![any],

@@ -5,6 +5,7 @@
 //! checks the end state (one IKE SA and one CHILD SA per policy on both sides, crosswise-agreeing).
 
 pub mod dataplane;
+pub mod engine_log;
 pub mod net;
 
 use dataplane::DataplaneModel;
@@ -44,6 +45,7 @@ pub struct Sim {
     ping_id: u64,
     /// Pings count only once both sides have had an outbound SA.
     counting: bool,
+    drains: u64,
 }
 
 pub const TRACE_LINES: usize = 60;
@@ -82,6 +84,7 @@ impl Sim {
             pings_lost: 0,
             ping_id: 0,
             counting: false,
+            drains: 0,
         }
     }
 
@@ -94,6 +97,22 @@ impl Sim {
             self.trace.pop_front();
         }
         self.trace.push_back(format!("{:>9.3}s {line}", self.now.as_secs_f64()));
+    }
+
+    /// Every node's SA table agrees with its SAs (timer queue and indexes).
+    pub fn check_tables(&mut self) {
+        for i in 0..self.nodes.len() {
+            if let Err(e) = self.nodes[i].ep.check_indexes() {
+                self.violate(format!("node {i} SA table: {e}"));
+            }
+        }
+    }
+
+    /// The engine's own log lines of one call into node `i`, in the trace where they happened.
+    fn log_engine(&mut self, i: usize, lines: Vec<String>) {
+        for l in lines {
+            self.log(format!("{i} log  {l}"));
+        }
     }
 
     fn violate(&mut self, v: String) {
@@ -165,6 +184,12 @@ impl Sim {
 
     /// Drain every node's transmits and events.
     fn drain(&mut self) {
+        // Recomputing the SA tables' indexes costs more than the step itself: every 16th step
+        // catches a stale index within a few events of its cause.
+        self.drains += 1;
+        if self.drains.is_multiple_of(16) {
+            self.check_tables();
+        }
         for i in 0..self.nodes.len() {
             while let Some(t) = self.nodes[i].ep.poll_transmit() {
                 self.observe_ike(i, &t.data);
@@ -234,7 +259,9 @@ impl Sim {
                 match d.payload {
                     Packet::Ike(data) => {
                         let (local, remote) = (self.nodes[d.to].addr, self.nodes[d.from].addr);
-                        self.nodes[d.to].ep.handle_datagram(at, local, remote, &data);
+                        let ep = &mut self.nodes[d.to].ep;
+                        let lines = engine_log::capture(|| ep.handle_datagram(at, local, remote, &data));
+                        self.log_engine(d.to, lines);
                     }
                     Packet::Esp { spi, key, id } => {
                         if let Err(e) = self.nodes[d.to].dp.receive(self.now, spi, &key) {
@@ -249,7 +276,9 @@ impl Sim {
             }
             for i in 0..self.nodes.len() {
                 if self.nodes[i].ep.poll_timeout().is_some_and(|d| d <= at) {
-                    self.nodes[i].ep.handle_timeout(at);
+                    let ep = &mut self.nodes[i].ep;
+                    let lines = engine_log::capture(|| ep.handle_timeout(at));
+                    self.log_engine(i, lines);
                 }
             }
             self.drain();
@@ -297,6 +326,7 @@ impl Sim {
     pub fn settle(&mut self, limit: Duration) -> bool {
         while self.now < limit {
             if self.nodes.iter().all(|n| n.ep.is_idle()) && !self.net.ike_in_flight() {
+                self.check_tables();
                 return true;
             }
             let step = self.now + Duration::from_millis(10);

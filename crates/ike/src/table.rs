@@ -1,0 +1,245 @@
+//! The IKE SA table: every IKE SA of an endpoint, with the indexes that keep an event's cost
+//! independent of how many SAs there are (issue 9: 10,000 tunnels per node).
+//!
+//! - a timer queue ordered by (deadline, SA): `poll_timeout` reads its head and `handle_timeout`
+//!   pops what is due, instead of both walking every SA;
+//! - CHILD SAs by inbound SPI (ours, unique) and by outbound SPI (the peer's, so not unique);
+//! - IKE SAs by vpn and by remote address (acquires, restarts, INITIAL_CONTACT, INVALID_SPI).
+//!
+//! An SA is handled outside the table: `checkout` takes it out and `commit` puts it back and
+//! brings the indexes up to date from what the SA now holds (its deadline included), so protocol
+//! code changes an SA freely and never maintains an index itself. While an SA is checked out its
+//! index entries stay, so that its SPIs remain reserved; `discard` removes them when the SA goes
+//! for good. Iteration orders are those of ordered maps, never of a hash: a seeded run replays
+//! exactly.
+
+use crate::api::IkeSaId;
+use crate::sa::IkeSa;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+/// What the indexes hold for one SA; compared on commit to update only what changed.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct Filed {
+    deadline: Option<Instant>,
+    spis_in: Vec<u32>,
+    spis_out: Vec<u32>,
+    vpn: Option<String>,
+    remote: Option<IpAddr>,
+}
+
+impl Filed {
+    fn of(sa: &IkeSa, half_open_timeout: Duration) -> Filed {
+        let half_open = sa.created.filter(|_| sa.established.is_none()).map(|c| c + half_open_timeout);
+        Filed {
+            deadline: [sa.next_deadline(), half_open].into_iter().flatten().min(),
+            spis_in: sa.children.iter().map(|c| c.spi_in).collect(),
+            spis_out: sa.children.iter().map(|c| c.spi_out).collect(),
+            vpn: sa.vpn.clone(),
+            remote: Some(sa.remote.ip()),
+        }
+    }
+}
+
+pub(crate) struct SaTable {
+    sas: HashMap<IkeSaId, IkeSa>,
+    filed: HashMap<IkeSaId, Filed>,
+    timers: BTreeSet<(Instant, IkeSaId)>,
+    by_spi_in: HashMap<u32, IkeSaId>,
+    by_spi_out: HashMap<u32, BTreeSet<IkeSaId>>,
+    by_vpn: HashMap<String, BTreeSet<IkeSaId>>,
+    by_remote: HashMap<IpAddr, BTreeSet<IkeSaId>>,
+    half_open_timeout: Duration,
+}
+
+fn add<K: std::hash::Hash + Eq>(map: &mut HashMap<K, BTreeSet<IkeSaId>>, k: K, id: IkeSaId) {
+    map.entry(k).or_default().insert(id);
+}
+
+fn remove<K: std::hash::Hash + Eq>(map: &mut HashMap<K, BTreeSet<IkeSaId>>, k: &K, id: IkeSaId) {
+    if let Some(set) = map.get_mut(k) {
+        set.remove(&id);
+        if set.is_empty() {
+            map.remove(k);
+        }
+    }
+}
+
+impl SaTable {
+    /// `half_open_timeout` bounds an SA that never completes: part of its deadline.
+    pub(crate) fn new(half_open_timeout: Duration) -> SaTable {
+        SaTable {
+            sas: HashMap::new(),
+            filed: HashMap::new(),
+            timers: BTreeSet::new(),
+            by_spi_in: HashMap::new(),
+            by_spi_out: HashMap::new(),
+            by_vpn: HashMap::new(),
+            by_remote: HashMap::new(),
+            half_open_timeout,
+        }
+    }
+
+    pub(crate) fn get(&self, id: &IkeSaId) -> Option<&IkeSa> {
+        self.sas.get(id)
+    }
+
+    /// True when `id` is taken, by a stored or a checked-out SA.
+    pub(crate) fn contains(&self, id: &IkeSaId) -> bool {
+        self.filed.contains_key(id) || self.sas.contains_key(id)
+    }
+
+    /// Take an SA out for handling; `commit` or `discard` it afterwards.
+    pub(crate) fn checkout(&mut self, id: &IkeSaId) -> Option<IkeSa> {
+        self.sas.remove(id)
+    }
+
+    /// Change a stored SA in place, indexes following.
+    pub(crate) fn update<R>(&mut self, id: &IkeSaId, f: impl FnOnce(&mut IkeSa) -> R) -> Option<R> {
+        let mut sa = self.checkout(id)?;
+        let r = f(&mut sa);
+        self.commit(sa);
+        Some(r)
+    }
+
+    /// Store an SA (new or checked out) and file it under what it now holds.
+    pub(crate) fn commit(&mut self, sa: IkeSa) {
+        let id = sa.id;
+        let new = Filed::of(&sa, self.half_open_timeout);
+        let old = self.filed.remove(&id).unwrap_or_default();
+        if old != new {
+            self.unfile(id, &old, &new);
+            self.file(id, &old, &new);
+        }
+        self.filed.insert(id, new);
+        self.sas.insert(id, sa);
+    }
+
+    /// Forget an SA for good (checked out or stored): its index entries go.
+    pub(crate) fn discard(&mut self, id: IkeSaId) {
+        self.sas.remove(&id);
+        if let Some(old) = self.filed.remove(&id) {
+            self.unfile(id, &old, &Filed::default());
+        }
+    }
+
+    /// Remove the entries of `old` that `new` no longer has.
+    fn unfile(&mut self, id: IkeSaId, old: &Filed, new: &Filed) {
+        if old.deadline != new.deadline {
+            if let Some(t) = old.deadline {
+                self.timers.remove(&(t, id));
+            }
+        }
+        for s in old.spis_in.iter().filter(|s| !new.spis_in.contains(s)) {
+            if self.by_spi_in.get(s) == Some(&id) {
+                self.by_spi_in.remove(s);
+            }
+        }
+        for s in old.spis_out.iter().filter(|s| !new.spis_out.contains(s)) {
+            remove(&mut self.by_spi_out, s, id);
+        }
+        if old.vpn != new.vpn {
+            if let Some(v) = &old.vpn {
+                remove(&mut self.by_vpn, v, id);
+            }
+        }
+        if old.remote != new.remote {
+            if let Some(r) = &old.remote {
+                remove(&mut self.by_remote, r, id);
+            }
+        }
+    }
+
+    /// Add the entries of `new` that `old` did not have.
+    fn file(&mut self, id: IkeSaId, old: &Filed, new: &Filed) {
+        if old.deadline != new.deadline {
+            if let Some(t) = new.deadline {
+                self.timers.insert((t, id));
+            }
+        }
+        for s in new.spis_in.iter().filter(|s| !old.spis_in.contains(s)) {
+            self.by_spi_in.insert(*s, id);
+        }
+        for s in new.spis_out.iter().filter(|s| !old.spis_out.contains(s)) {
+            add(&mut self.by_spi_out, *s, id);
+        }
+        if old.vpn != new.vpn {
+            if let Some(v) = &new.vpn {
+                add(&mut self.by_vpn, v.clone(), id);
+            }
+        }
+        if old.remote != new.remote {
+            if let Some(r) = new.remote {
+                add(&mut self.by_remote, r, id);
+            }
+        }
+    }
+
+    /// The earliest deadline of any SA.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.timers.first().map(|(t, _)| *t)
+    }
+
+    /// The SAs whose deadline is at or before `now`, earliest first.
+    pub(crate) fn due(&self, now: Instant) -> Vec<IkeSaId> {
+        self.timers.iter().take_while(|(t, _)| *t <= now).map(|(_, id)| *id).collect()
+    }
+
+    /// True when a CHILD SA (stored or checked out) has inbound SPI `spi`.
+    pub(crate) fn spi_in_use(&self, spi: u32) -> bool {
+        self.by_spi_in.contains_key(&spi)
+    }
+
+    /// The IKE SA holding the CHILD SA with inbound (preferred) or outbound SPI `spi`.
+    pub(crate) fn sa_of_child(&self, spi: u32) -> Option<IkeSaId> {
+        self.by_spi_in
+            .get(&spi)
+            .copied()
+            .or_else(|| self.by_spi_out.get(&spi).and_then(|s| s.first().copied()))
+    }
+
+    /// The IKE SAs of a vpn, in SPI order.
+    pub(crate) fn of_vpn(&self, vpn: &str) -> impl Iterator<Item = &IkeSa> {
+        self.by_vpn.get(vpn).into_iter().flatten().filter_map(|id| self.sas.get(id))
+    }
+
+    /// The IKE SAs with a peer at `remote`, in SPI order.
+    pub(crate) fn of_remote(&self, remote: IpAddr) -> impl Iterator<Item = &IkeSa> {
+        self.by_remote.get(&remote).into_iter().flatten().filter_map(|id| self.sas.get(id))
+    }
+
+    /// Every stored SA, in no particular order (listings sort; protocol code uses the indexes).
+    pub(crate) fn values(&self) -> impl Iterator<Item = &IkeSa> {
+        self.sas.values()
+    }
+
+    /// Recompute every index from the stored SAs and compare (tests and simulations: a stale
+    /// index is a bug that no protocol test would see until thousands of SAs).
+    pub(crate) fn check(&self) -> Result<(), String> {
+        let mut fresh = SaTable::new(self.half_open_timeout);
+        let mut stored: BTreeMap<IkeSaId, Filed> = BTreeMap::new();
+        for sa in self.sas.values() {
+            fresh.file(sa.id, &Filed::default(), &Filed::of(sa, self.half_open_timeout));
+            stored.insert(sa.id, Filed::of(sa, self.half_open_timeout));
+        }
+        for (id, f) in &stored {
+            if self.filed.get(id) != Some(f) {
+                return Err(format!("SA {id:#018x} filed as {:?}, holds {f:?}", self.filed.get(id)));
+            }
+        }
+        if self.filed.len() != stored.len() {
+            return Err(format!("{} SAs filed, {} stored", self.filed.len(), stored.len()));
+        }
+        if fresh.timers != self.timers {
+            return Err("timer queue differs from the SAs' deadlines".into());
+        }
+        if fresh.by_spi_in != self.by_spi_in || fresh.by_spi_out != self.by_spi_out {
+            return Err("CHILD SA SPI index differs from the SAs".into());
+        }
+        if fresh.by_vpn != self.by_vpn || fresh.by_remote != self.by_remote {
+            return Err("vpn or remote index differs from the SAs".into());
+        }
+        Ok(())
+    }
+}
