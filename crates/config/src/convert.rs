@@ -409,6 +409,19 @@ pub(crate) fn convert(raw: RawConfig, text: &str, file: &str) -> Result<Config, 
                 ))
             }
         };
+        let childless = match v.childless.as_deref() {
+            None | Some("allow") => Childless::Allow,
+            Some("prefer") => Childless::Prefer,
+            Some("force") => Childless::Force,
+            Some(s) => {
+                return Err(ctx.err(
+                    &table,
+                    Some("childless"),
+                    None,
+                    format!("{s:?} is not allow, prefer or force"),
+                ))
+            }
+        };
         let vpn_start = match v.start_action.as_deref() {
             None => StartAction::None,
             Some(s) => parse_start(s).ok_or_else(|| {
@@ -525,6 +538,7 @@ pub(crate) fn convert(raw: RawConfig, text: &str, file: &str) -> Result<Config, 
             initial_contact: v.initial_contact.unwrap_or(true),
             unique,
             reqid_per_sa: remote_addr.is_none() && v.interface.is_none(),
+            childless,
             children,
         });
     }

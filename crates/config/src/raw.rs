@@ -84,6 +84,7 @@ pub struct RawVpn {
     pub encap: Option<bool>,
     pub initial_contact: Option<bool>,
     pub unique: Option<String>,
+    pub childless: Option<String>,
     pub start_action: Option<String>,
     /// Route-based mode: the name of the vpn's own TUN interface.
     pub interface: Option<String>,

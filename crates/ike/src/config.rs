@@ -59,6 +59,21 @@ pub enum UniquePolicy {
     Never,
 }
 
+/// Whether we initiate IKE SAs without a CHILD SA in IKE_AUTH (RFC 6023; strongSwan's
+/// `childless`). As responder tandem always accepts them and says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Childless {
+    /// The first CHILD SA rides in IKE_AUTH.
+    #[default]
+    Allow,
+    /// Childless when the responder announced CHILDLESS_IKEV2_SUPPORTED; every CHILD SA then
+    /// comes with CREATE_CHILD_SA (with its own KE when the proposal asks for PFS).
+    Prefer,
+    /// Always childless.
+    Force,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum IpsecMode {
@@ -133,6 +148,8 @@ pub struct PeerConfig {
     /// many peers (any remote address, policy-based). A route-based vpn keeps the configuration's,
     /// to which its interface is bound.
     pub reqid_per_sa: bool,
+    /// Initiating without a CHILD SA in IKE_AUTH (see [`Childless`]).
+    pub childless: Childless,
     pub children: Vec<ChildConfig>,
 }
 

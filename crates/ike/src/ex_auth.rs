@@ -69,7 +69,13 @@ impl Endpoint {
         if peer.initial_contact {
             payloads.push(Payload::Notify(Notify::new(NotifyType::INITIAL_CONTACT, vec![])));
         }
-        let pending = match peer.children.first() {
+        let childless = match peer.childless {
+            crate::config::Childless::Allow => false,
+            crate::config::Childless::Prefer => sa.peer_childless,
+            crate::config::Childless::Force => true,
+        };
+        let first = if childless { None } else { peer.children.first() };
+        let pending = match first {
             Some(child) => {
                 let spi_in = self.alloc_esp_spi();
                 let pending = PendingChild {
@@ -135,11 +141,12 @@ impl Endpoint {
         sa.remote_id = Some(remote_id.clone());
         self.establish(now, sa, &peer);
         info!(target: "ike", vpn, remote = %sa.remote, id = %remote_id, "IKE SA established (initiator)");
+        // Further CHILD SAs of the vpn (all of them after a childless IKE_AUTH).
+        let sent = usize::from(pending.is_some());
         if let Some(pending) = pending {
             self.complete_child_as_initiator(now, sa, &payloads, pending, None);
         }
-        // Further CHILD SAs of the vpn.
-        for c in peer.children.iter().skip(1) {
+        for c in peer.children.iter().skip(sent) {
             sa.queue.push(crate::sa::Queued::CreateChild { name: c.name.clone(), rekeys_spi_in: None });
         }
     }

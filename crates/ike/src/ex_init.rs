@@ -202,6 +202,7 @@ impl Endpoint {
         }
         sa.suite = Some(sel);
         sa.frag_supported = notify_of(p, NotifyType::IKEV2_FRAGMENTATION_SUPPORTED).is_some();
+        sa.peer_childless = notify_of(p, NotifyType::CHILDLESS_IKEV2_SUPPORTED).is_some();
         if let Some((nl, nr)) = detect_nat(p, sa.spi_i, sa.spi_r, local, remote) {
             sa.nat_local = nl;
             sa.nat_remote = nr;

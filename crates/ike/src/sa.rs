@@ -194,6 +194,9 @@ pub struct IkeSa {
     pub rel: Reliability,
     pub request: Option<Request>,
     pub queue: Vec<Queued>,
+    /// The responder announced CHILDLESS_IKEV2_SUPPORTED (RFC 6023).
+    #[serde(default)]
+    pub peer_childless: bool,
     /// CHILD SAs (start-action `start`) the peer refused, asked for again with backoff.
     #[serde(default)]
     pub child_retries: Vec<ChildRetry>,
@@ -276,6 +279,7 @@ impl IkeSa {
             request: None,
             queue: Vec::new(),
             child_retries: Vec::new(),
+            peer_childless: false,
             superseded: false,
             retire_at: None,
             down_reason: None,

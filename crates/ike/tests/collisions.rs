@@ -87,6 +87,7 @@ fn peer(s: &Scenario, side: usize, local: &str, remote: &str, lid: &str, rid: &s
         initial_contact: true,
         unique: UniquePolicy::default(),
         reqid_per_sa: false,
+        childless: Childless::default(),
         children: vec![ChildConfig {
             name: "net".into(),
             local_ts: vec![ts(if side == 0 { "10.1.0.0/16" } else { "10.2.0.0/16" })],

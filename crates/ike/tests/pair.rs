@@ -44,6 +44,7 @@ fn peer(
         initial_contact: true,
         unique: UniquePolicy::default(),
         reqid_per_sa: false,
+        childless: Childless::default(),
         children: vec![ChildConfig {
             name: "net".into(),
             local_ts: vec![ts(lts)],
@@ -867,4 +868,23 @@ fn a_vpn_serving_any_peer_gives_each_child_sa_its_own_reqid() {
     let (reqid_d, _) = of(&b, "10.4.0.0/24").unwrap();
     assert_ne!(reqid_d, reqid_a);
     assert!(b.child_sas().iter().all(|ch| ch.reqid != reqid_a));
+}
+
+#[test]
+fn childless_initiation_creates_every_child_sa_with_create_child_sa() {
+    // The CHILD SA of IKE_AUTH never has its own DH exchange; one made by CREATE_CHILD_SA with a
+    // PFS proposal does: that tells where it was made.
+    let esp = "aes256gcm16-x25519";
+    for (mode, expect_pfs) in [(Childless::Allow, false), (Childless::Prefer, true), (Childless::Force, true)]
+    {
+        let mut p = Pair::new(SUITE, esp, 100, None);
+        let mut a = peer("t", A, B, "a.test", "b.test", SUITE, esp, "10.1.0.0/24", "10.2.0.0/24");
+        a.childless = mode;
+        p.a.set_peers(p.now, vec![a], psk("secret"));
+        establish(&mut p);
+        let (ca, cb) = (p.a.child_sas(), p.b.child_sas());
+        assert_eq!((ca.len(), cb.len()), (1, 1), "{mode:?}");
+        assert_eq!((cb[0].spi_in, cb[0].spi_out), (ca[0].spi_out, ca[0].spi_in));
+        assert_eq!(ca[0].dh.is_some(), expect_pfs, "{mode:?}: {:?}", ca[0]);
+    }
 }

@@ -67,6 +67,7 @@ fn peer(i: usize, a: &Args) -> Result<PeerConfig, String> {
         initial_contact: false,
         unique: tandem_ike::UniquePolicy::default(),
         reqid_per_sa: false,
+        childless: tandem_ike::Childless::default(),
         children: vec![ChildConfig {
             name: "c".into(),
             local_ts: vec![any],
