@@ -46,6 +46,7 @@ fn spec(suite: usize, esn: bool, window: u32) -> ChildSaSpec {
         keys_out: km(1),
         replaces_spi_in: None,
         defer_outbound: false,
+        iv_key: None,
     }
 }
 

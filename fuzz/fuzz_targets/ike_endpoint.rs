@@ -31,6 +31,9 @@ fn peer(local: &str, remote: &str, lid: &str, rid: &str) -> PeerConfig {
         dpd_action: DeadPeerAction::Clear,
         force_encap: false,
         initial_contact: true,
+        unique: UniquePolicy::default(),
+        reqid_per_sa: false,
+        childless: Childless::default(),
         children: vec![ChildConfig {
             name: "net".into(),
             local_ts: vec![ts(if lid == "a.test" { "10.1.0.0" } else { "10.2.0.0" })],

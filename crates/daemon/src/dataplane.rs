@@ -83,6 +83,7 @@ fn manual_spec(m: &ManualSa, reqid: u32, local: SocketAddr, remote: SocketAddr) 
         keys_out: KeyMaterial { encr: m.keys_out.encr.clone(), integ: m.keys_out.integ.clone() },
         replaces_spi_in: None,
         defer_outbound: false,
+        iv_key: None,
     }
 }
 

@@ -38,6 +38,7 @@ pub fn spec_from_install(i: &ChildSaInstall) -> ChildSaSpec {
         remote_ts: i.remote_ts.clone(),
         keys_in: KeyMaterial { encr: i.keys_in.encr_key.clone(), integ: i.keys_in.integ_key.clone() },
         keys_out: KeyMaterial { encr: i.keys_out.encr_key.clone(), integ: i.keys_out.integ_key.clone() },
+        iv_key: (!i.iv_key.is_empty()).then(|| i.iv_key.clone()),
         replaces_spi_in: i.replaces_spi_in,
         defer_outbound: i.defer_outbound,
     }

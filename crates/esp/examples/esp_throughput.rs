@@ -41,6 +41,7 @@ fn spec(encr: EncrAlg, integ: Option<IntegAlg>) -> ChildSaSpec {
         keys_out: keys(1),
         replaces_spi_in: None,
         defer_outbound: false,
+        iv_key: None,
     }
 }
 

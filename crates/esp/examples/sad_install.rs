@@ -37,6 +37,7 @@ fn spec(i: u32, shared_reqid: bool) -> ChildSaSpec {
         keys_out: KeyMaterial { encr: key, integ: Zeroizing::new(Vec::new()) },
         replaces_spi_in: None,
         defer_outbound: false,
+        iv_key: None,
     }
 }
 

@@ -137,6 +137,7 @@ impl SealCipher {
         integ: Option<IntegAlg>,
         encr_key: &[u8],
         integ_key: &[u8],
+        given_iv_key: Option<&[u8]>,
     ) -> Result<Self, SaError> {
         validate(encr, integ, encr_key, integ_key)?;
         match integ {
@@ -146,7 +147,11 @@ impl SealCipher {
             }
             Some(i) => {
                 let mut iv_key = Zeroizing::new([0u8; 16]);
-                SystemRandom::new().fill(&mut iv_key[..]).map_err(|_| SaError::Crypto)?;
+                match given_iv_key {
+                    Some(k) if k.len() == 16 => iv_key.copy_from_slice(k),
+                    Some(_) => return Err(SaError::Crypto),
+                    None => SystemRandom::new().fill(&mut iv_key[..]).map_err(|_| SaError::Crypto)?,
+                }
                 let iv_key = UnboundCipherKey::new(&AES_128, &iv_key[..]).map_err(|_| SaError::Crypto)?;
                 Ok(SealCipher::Cbc {
                     key: EncryptingKey::cbc(cbc_key(encr, encr_key)?).map_err(|_| SaError::Crypto)?,
@@ -200,7 +205,7 @@ mod tests {
     fn rejects_bad_combinations_and_lengths() {
         let k = [0u8; 36];
         assert!(matches!(
-            SealCipher::new(EncrAlg::AesGcm16_256, Some(IntegAlg::HmacSha256_128), &k, &k[..32]),
+            SealCipher::new(EncrAlg::AesGcm16_256, Some(IntegAlg::HmacSha256_128), &k, &k[..32], None),
             Err(SaError::AeadWithIntegrity)
         ));
         assert!(matches!(
@@ -208,9 +213,9 @@ mod tests {
             Err(SaError::MissingIntegrity)
         ));
         assert!(matches!(
-            SealCipher::new(EncrAlg::AesGcm16_128, None, &k, &[]),
+            SealCipher::new(EncrAlg::AesGcm16_128, None, &k, &[], None),
             Err(SaError::BadKeyLength { expected: 20, got: 36 })
         ));
-        assert!(SealCipher::new(EncrAlg::ChaCha20Poly1305, None, &k, &[]).is_ok());
+        assert!(SealCipher::new(EncrAlg::ChaCha20Poly1305, None, &k, &[], None).is_ok());
     }
 }

@@ -93,6 +93,9 @@ pub struct ChildSaSpec {
     /// one (proof that the peer installed it) or the replaced SA is retired. Switching at once
     /// would race the peer, which installs the new SA only when our response reaches it.
     pub defer_outbound: bool,
+    /// Key of the CBC IV generator (16 bytes), from the caller's random source; `None` draws one
+    /// from the operating system (manual SAs, tests). Unused with AEAD.
+    pub iv_key: Option<Zeroizing<Vec<u8>>>,
 }
 
 /// Fields common to both directions. Reached through `Deref` from [`OutboundSa`] and [`InboundSa`].
@@ -255,7 +258,13 @@ impl OutboundSa {
     /// Builds the outbound SA of `spec` (SPI `spi_out`, keys `keys_out`).
     pub fn new(spec: &ChildSaSpec, clock: &Arc<CoarseClock>) -> Result<OutboundSa, SaError> {
         let common = SaCommon::new(spec, spec.spi_out, clock)?;
-        let cipher = SealCipher::new(spec.encr, spec.integ, &spec.keys_out.encr, &spec.keys_out.integ)?;
+        let cipher = SealCipher::new(
+            spec.encr,
+            spec.integ,
+            &spec.keys_out.encr,
+            &spec.keys_out.integ,
+            spec.iv_key.as_ref().map(|k| k.as_slice()),
+        )?;
         Ok(OutboundSa { common, cipher, seq: SeqCounter::new(spec.esn) })
     }
 

@@ -658,6 +658,7 @@ mod tests {
             keys_out: KeyMaterial { encr: key, integ: Zeroizing::new(Vec::new()) },
             replaces_spi_in: replaces.map(spi),
             defer_outbound: defer,
+            iv_key: None,
         }
     }
 

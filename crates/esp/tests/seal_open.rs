@@ -389,3 +389,27 @@ fn cbc_ivs_differ_per_packet_and_per_sa() {
         }
     }
 }
+
+#[test]
+fn cbc_ivs_come_from_the_given_iv_key() {
+    // The IKE engine hands every SA an IV key drawn from its injected random source, so that a
+    // seeded run seals the same bytes; without one the SA draws from the OS.
+    let clock = Arc::new(CoarseClock::new(Instant::now()));
+    let sealed = |iv_key: Option<u8>| {
+        let mut sp =
+            spec(EncrAlg::AesCbc256, Some(tandem_crypto::IntegAlg::HmacSha256_128), false, Mode::Tunnel);
+        sp.iv_key = iv_key.map(|b| zeroize::Zeroizing::new(vec![b; 16]));
+        let sa = OutboundSa::new(&sp, &clock).unwrap();
+        let mut out = vec![0u8; 2048];
+        let n = seal(&sa, &ipv4_udp(40), NEXT_HEADER_IPV4, &mut out).unwrap();
+        out.truncate(n);
+        out
+    };
+    assert_eq!(sealed(Some(1)), sealed(Some(1)), "same IV key, same packet");
+    assert_ne!(sealed(Some(1)), sealed(Some(2)), "another IV key, another IV");
+    assert_ne!(sealed(None), sealed(None), "IV keys from the OS differ");
+    let mut bad =
+        spec(EncrAlg::AesCbc256, Some(tandem_crypto::IntegAlg::HmacSha256_128), false, Mode::Tunnel);
+    bad.iv_key = Some(zeroize::Zeroizing::new(vec![0; 15]));
+    assert!(OutboundSa::new(&bad, &clock).is_err(), "a malformed IV key is refused");
+}

@@ -69,6 +69,11 @@ pub struct ChildSaInstall {
     /// one (the peer installs the new SA only when our response arrives), as strongSwan does.
     #[serde(default)]
     pub defer_outbound: bool,
+    /// Key of the outbound SA's CBC IV generator (IVs are the sequence number encrypted under it),
+    /// drawn from the engine's injected random source so that a seeded run is reproducible. Unused
+    /// with AEAD. Never logged (`DirectionKeys` neither).
+    #[serde(default)]
+    pub iv_key: Zeroizing<Vec<u8>>,
 }
 
 /// Why an SA went away.

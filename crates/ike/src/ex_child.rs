@@ -170,6 +170,7 @@ impl Endpoint {
                 lifetimes: lt,
                 replaces_spi_in: replaces,
                 defer_outbound: dataplane == Install::Deferred,
+                iv_key: Zeroizing::new(self.rng.vec(16)),
             })));
         }
         info!(target: "ike", vpn, child = %child.name, spi_in = format_args!("{spi_in:#010x}"),

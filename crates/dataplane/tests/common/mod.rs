@@ -191,6 +191,7 @@ pub fn sa_pair(p: &SaParams, a: SocketAddr, b: SocketAddr) -> (ChildSaSpec, Chil
             keys_out: keys_out.clone(),
             replaces_spi_in: None,
             defer_outbound: false,
+            iv_key: None,
         }
     };
     (

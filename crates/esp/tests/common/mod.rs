@@ -52,6 +52,7 @@ pub fn spec(encr: EncrAlg, integ: Option<IntegAlg>, esn: bool, mode: Mode) -> Ch
         keys_out: keys(encr, integ, 2),
         replaces_spi_in: None,
         defer_outbound: false,
+        iv_key: None,
     }
 }
 
