@@ -160,9 +160,10 @@ impl Esp {
     /// on reload): what disappeared is removed, what is new is added, unchanged manual SAs keep
     /// their sequence numbers and replay windows.
     pub fn configure(&mut self, config: &Config, endpoint: &mut Endpoint) {
-        for id in std::mem::take(&mut self.policies) {
-            self.handle.remove_policy(id);
-        }
+        // Old policies out and the vpns' policies in with one SPD publication (see
+        // `DataplaneHandle::replace_policies`).
+        let old_policies: Vec<u32> = std::mem::take(&mut self.policies).into_iter().collect();
+        let mut new_policies = Vec::new();
         let old_traps: Vec<u32> = std::mem::take(&mut self.traps).into_keys().collect();
         let mut wanted_ifaces: HashMap<u32, String> = HashMap::new();
         for peer in &config.peers {
@@ -185,7 +186,7 @@ impl Esp {
                     Some(_) => warn!(target: "esp", vpn = %peer.name, child = %child.name,
                                      "route-based vpn: only the first security-policy is bound to the interface"),
                     None => {
-                        self.handle.add_policy(protect(reqid, &child.local_ts, &child.remote_ts));
+                        new_policies.push(protect(reqid, &child.local_ts, &child.remote_ts));
                         self.policies.insert(reqid);
                         if child.start_action == StartAction::Trap {
                             let dev = self.tun_name.clone();
@@ -195,6 +196,7 @@ impl Esp {
                 }
             }
         }
+        self.handle.replace_policies(&old_policies, new_policies);
         for reqid in old_traps {
             if !self.traps.contains_key(&reqid) && self.live.get(&reqid).is_none_or(|l| l.is_empty()) {
                 self.routes.remove(reqid);

@@ -209,6 +209,18 @@ impl DataplaneHandle {
         self.shared.policies.update(|spd| spd.remove(id))
     }
 
+    /// Remove the policies `remove` and add `add` (in order) in one publication: the packet path
+    /// never sees a state in between (a reload that replaces every policy leaves no window without
+    /// them), and thousands of policies cost one copy of the SPD's shard tables.
+    pub fn replace_policies(&self, remove: &[u32], add: Vec<Policy>) {
+        self.shared.policies.update(|spd| {
+            for id in remove {
+                spd.remove(*id);
+            }
+            spd.extend(add);
+        });
+    }
+
     /// Policies in lookup order.
     pub fn policies(&self) -> Vec<Policy> {
         self.shared.policies.list()

@@ -1,5 +1,7 @@
 //! The SPD as the packet path sees it: an immutable `tandem_esp::spd::Spd` behind `arc-swap`,
 //! loaded once per batch; the control plane replaces it (copy, change, swap) under a writer lock.
+//! The copy is cheap at any size: `Spd` shares its shards and chunks with the copy it came from,
+//! so a change copies only what it touches (see `tandem_esp::spd`).
 
 use std::sync::{Arc, Mutex};
 
