@@ -742,7 +742,13 @@ impl Endpoint {
 
     /// A packet matched a trap policy of `vpn`/`child`: initiate if no negotiation is under way.
     pub fn acquire(&mut self, now: Instant, vpn: &str, child: &str) {
-        let existing = self.sas.of_vpn(vpn).next().map(|sa| (sa.id, sa.state));
+        // The SA in service if there is one, not one a rekey superseded or a Delete is ending.
+        let existing = self
+            .sas
+            .of_vpn(vpn)
+            .find(|sa| sa.state == SaState::Established && !sa.superseded)
+            .or_else(|| self.sas.of_vpn(vpn).next())
+            .map(|sa| (sa.id, sa.state));
         match existing {
             None => {
                 if let Err(e) = self.initiate(now, vpn) {

@@ -1,4 +1,6 @@
 //! Two endpoints driven in one process with a fake clock: the deterministic harness of the engine.
+// One real instant is the origin of the fake clock; everything after it is simulated.
+#![allow(clippy::disallowed_methods)]
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
