@@ -776,3 +776,35 @@ fn survives_ten_thousand_hostile_datagrams_then_negotiates() {
         d(&now, &["ike_sent"]) + d(&now, &["dp", "ike_tx"]),
     );
 }
+
+#[test]
+fn childless_initiation_against_charon() {
+    // RFC 6023: with `childless = "prefer"` tandem leaves the CHILD SA out of IKE_AUTH when
+    // charon announces CHILDLESS_IKEV2_SUPPORTED, and makes it with CREATE_CHILD_SA (here with its
+    // own x25519 exchange, which an IKE_AUTH CHILD SA never has).
+    if !prerequisites_present() {
+        return;
+    }
+    let (ike, esp) = ("aes256gcm16-prfsha256-x25519", "aes256gcm16-x25519");
+    let mut pair = Pair::new();
+    let dir = Tandemd::dir_for(&pair.left);
+    let socket = dir.join("tandemd.sock");
+    let toml = left_config_full(socket.to_str().unwrap(), ike, esp, "", "", "")
+        .replace("remote-id = \"b.test\"\n", "remote-id = \"b.test\"\nchildless = \"prefer\"\n");
+    assert!(toml.contains("childless = \"prefer\""), "{toml}");
+    let t = Tandemd::start(&mut pair.left, dir, &toml);
+    let c =
+        Charon::start_with(&mut pair.right, &CharonConfig::right(ike, esp).swanctl_conf(), CHARON_CONF, 2);
+    let b = Bed { t, c, pair };
+    tandem_initiates(&b);
+    assert_agree(&b);
+    let log = b.c.log();
+    let auth = log.lines().find(|l| l.contains("parsed IKE_AUTH request 1")).unwrap_or_default().to_string();
+    assert!(!auth.is_empty() && !auth.contains(" SA "), "IKE_AUTH without a CHILD SA: {auth}\n{log}");
+    assert!(
+        log.lines().any(|l| l.contains("parsed CREATE_CHILD_SA request 2 [ SA No KE TSi TSr ]")),
+        "the CHILD SA came with CREATE_CHILD_SA and PFS\n{log}"
+    );
+    let child = &b.t.child_sas()[0];
+    assert!(!child["dh"].is_null(), "tandem's CHILD SA has a DH group: {child}");
+}

@@ -323,9 +323,11 @@ impl Esp {
         }
     }
 
-    /// A CHILD SA the engine is done with. A rekeyed SA lingers for packets in flight.
+    /// A CHILD SA the engine is done with. A rekeyed SA lingers for packets in flight, and so
+    /// does one a newer IKE SA of the same peer replaced (`unique = replace`: a peer
+    /// reauthenticating make-before-break still has packets on the way on it).
     pub fn remove(&mut self, reqid: u32, spi_in: u32, reason: &DownReason) {
-        if *reason == DownReason::Rekeyed {
+        if matches!(reason, DownReason::Rekeyed | DownReason::Duplicate) {
             self.handle.retire_sa(spi_in);
         } else {
             self.handle.remove_sa(spi_in);
