@@ -4,6 +4,10 @@
 //!
 //! It is the same sans-IO engine as tandemd, driven by a small blocking loop: one receive thread per
 //! UDP socket (500 and 4500), the engine on the main thread.
+//!
+//! With `--hold`, the SAs are kept for that long after the last one is up, the engine answering and
+//! (with `--child-rekey`) rekeying them, and a second JSON line reports what happened meanwhile:
+//! the first line is printed as soon as all are up, so a caller can sample the responder between.
 #![forbid(unsafe_code)]
 
 use clap::Parser;
@@ -44,6 +48,12 @@ struct Args {
     /// Delete the SAs at the end (otherwise they stay up on the responder).
     #[arg(long)]
     cleanup: bool,
+    /// Rekey each CHILD SA after this many seconds, less up to half of it at random (0: never).
+    #[arg(long, default_value_t = 0)]
+    child_rekey: u64,
+    /// Keep the SAs up this many seconds after the last one is established, then report.
+    #[arg(long, default_value_t = 0)]
+    hold: u64,
 }
 
 fn peer(i: usize, a: &Args) -> Result<PeerConfig, String> {
@@ -74,12 +84,21 @@ fn peer(i: usize, a: &Args) -> Result<PeerConfig, String> {
             remote_ts: vec![any],
             esp_proposals: vec![esp],
             mode: IpsecMode::Tunnel,
-            lifetimes: Lifetimes::default(),
+            lifetimes: child_lifetimes(a.child_rekey),
             start_action: StartAction::None,
             close_action: DeadPeerAction::Clear,
             replay_window: 0,
         }],
     })
+}
+
+/// CHILD SA lifetimes for `--child-rekey`: rekey after 50-100% of it, hard limit at twice it.
+fn child_lifetimes(rekey_s: u64) -> Lifetimes {
+    if rekey_s == 0 {
+        return Lifetimes::default();
+    }
+    let r = Duration::from_secs(rekey_s);
+    Lifetimes { rekey_time: Some(r), rand_time: r / 2, life_time: Some(r * 2), ..Lifetimes::default() }
 }
 
 fn main() {
@@ -125,6 +144,7 @@ fn run(a: &Args) -> Result<(), String> {
     let (mut started, mut up, mut failed) = (0usize, 0usize, 0usize);
     let mut began: HashMap<u64, Instant> = HashMap::new();
     let mut latencies: Vec<Duration> = Vec::with_capacity(a.count);
+    let mut tally = Tally::default();
     let mut last_progress = start;
     while up + failed < a.count && Instant::now() < give_up {
         let now = Instant::now();
@@ -147,7 +167,7 @@ fn run(a: &Args) -> Result<(), String> {
                     }
                 }
                 Event::Failure { .. } => failed += 1,
-                _ => {}
+                e => tally.count(&e),
             }
         }
         if now.duration_since(last_progress) >= Duration::from_secs(1) {
@@ -158,18 +178,7 @@ fn run(a: &Args) -> Result<(), String> {
             );
             last_progress = now;
         }
-        let wait = ep
-            .poll_timeout()
-            .map_or(Duration::from_millis(100), |d| d.saturating_duration_since(Instant::now()));
-        match rx.recv_timeout(wait.min(Duration::from_millis(100))) {
-            Ok((local, remote, d)) => {
-                ep.handle_datagram(Instant::now(), local, remote, &d);
-                while let Ok((local, remote, d)) = rx.try_recv() {
-                    ep.handle_datagram(Instant::now(), local, remote, &d);
-                }
-            }
-            Err(_) => ep.handle_timeout(Instant::now()),
-        }
+        pump(&mut ep, &rx);
     }
     let elapsed = start.elapsed().as_secs_f64();
     latencies.sort();
@@ -185,6 +194,41 @@ fn run(a: &Args) -> Result<(), String> {
             "rate_per_s": up as f64 / elapsed, "latency_ms_p50": pct(0.5), "latency_ms_p99": pct(0.99),
         })
     );
+    if a.hold > 0 {
+        // Flushed at once: the caller samples the responder between the two lines.
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        let hold_start = Instant::now();
+        let end = hold_start + Duration::from_secs(a.hold);
+        let during = std::mem::take(&mut tally);
+        let mut last_progress = hold_start;
+        while Instant::now() < end {
+            flush(&mut ep, &sockets);
+            while let Some(e) = ep.poll_event() {
+                tally.count(&e);
+            }
+            if last_progress.elapsed() >= Duration::from_secs(5) {
+                eprintln!(
+                    "tandem-load: holding {up} IKE SAs, {:.0}/{} s, {} CHILD SA rekeys, {} IKE SAs down",
+                    hold_start.elapsed().as_secs_f64(),
+                    a.hold,
+                    tally.child_rekeys,
+                    tally.ike_down
+                );
+                last_progress = Instant::now();
+            }
+            pump(&mut ep, &rx);
+        }
+        flush(&mut ep, &sockets);
+        let live = ep.ike_sas().iter().filter(|s| s.state != IkeSaState::Connecting).count();
+        println!(
+            "{}",
+            json!({
+                "hold_s": hold_start.elapsed().as_secs_f64(), "child_rekeys": tally.child_rekeys,
+                "child_rekeys_before_hold": during.child_rekeys, "ike_sas_down": tally.ike_down,
+                "child_sas_down": tally.child_down, "failures": tally.failures, "ike_sas_at_end": live,
+            })
+        );
+    }
     if a.cleanup {
         let now = Instant::now();
         for sa in ep.ike_sas() {
@@ -193,6 +237,47 @@ fn run(a: &Args) -> Result<(), String> {
         flush(&mut ep, &sockets);
     }
     Ok(())
+}
+
+/// What the engine reported besides the handshakes being counted.
+#[derive(Default)]
+struct Tally {
+    child_rekeys: u64,
+    child_down: u64,
+    ike_down: u64,
+    failures: u64,
+}
+
+impl Tally {
+    fn count(&mut self, e: &Event) {
+        match e {
+            Event::ChildSaUp(c) if c.replaces_spi_in.is_some() => self.child_rekeys += 1,
+            Event::ChildSaDown { reason, .. } if *reason != DownReason::Rekeyed => self.child_down += 1,
+            Event::IkeSaDown { .. } => self.ike_down += 1,
+            Event::Failure { .. } => self.failures += 1,
+            _ => {}
+        }
+    }
+}
+
+/// Wait for datagrams (up to the engine's next deadline, at most 100 ms) and feed them to the
+/// engine, or fire its timers.
+fn pump(ep: &mut Endpoint, rx: &mpsc::Receiver<(SocketAddr, SocketAddr, Vec<u8>)>) {
+    let deadline = ep.poll_timeout();
+    let wait = deadline.map_or(Duration::from_millis(100), |d| d.saturating_duration_since(Instant::now()));
+    match rx.recv_timeout(wait.min(Duration::from_millis(100))) {
+        Ok((local, remote, d)) => {
+            ep.handle_datagram(Instant::now(), local, remote, &d);
+            while let Ok((local, remote, d)) = rx.try_recv() {
+                ep.handle_datagram(Instant::now(), local, remote, &d);
+            }
+            // A steady stream of datagrams must not starve the timers (rekeys, retransmits).
+            if deadline.is_some_and(|d| d <= Instant::now()) {
+                ep.handle_timeout(Instant::now());
+            }
+        }
+        Err(_) => ep.handle_timeout(Instant::now()),
+    }
 }
 
 /// Send the engine's datagrams, with the non-ESP marker on port 4500.
