@@ -106,9 +106,15 @@ pub struct Pair {
 
 impl Pair {
     pub fn new() -> Pair {
+        Pair::with_prefix("tdm")
+    }
+
+    /// As `new`, with namespaces named `{prefix}{tag}L` and `{prefix}{tag}R` (a benchmark's own
+    /// prefix tells its namespaces from the tests' in `ip netns list`).
+    pub fn with_prefix(prefix: &str) -> Pair {
         let tag = unique_tag();
-        let left = Netns::new(format!("tdm{tag}L"));
-        let right = Netns::new(format!("tdm{tag}R"));
+        let left = Netns::new(format!("{prefix}{tag}L"));
+        let right = Netns::new(format!("{prefix}{tag}R"));
         let (a, b) = (format!("t{tag}a"), format!("t{tag}b"));
         must("ip", &["link", "add", &a, "type", "veth", "peer", "name", &b]);
         must("ip", &["link", "set", &a, "netns", &left.name]);

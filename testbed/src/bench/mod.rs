@@ -1,7 +1,8 @@
-//! Helpers for the benchmarks (`bench_dataplane`, `bench_ike`): bounded command runs, process CPU,
+//! Helpers for the benchmarks (`bench_dataplane`, `bench_ike`, `bench_scale`): bounded command runs, process CPU,
 //! per-namespace UDP counters, load average, Ctrl-C handling and the sections of docs/performance.md.
 
 pub mod doc;
+pub mod ike;
 pub mod iperf;
 pub mod paths;
 
