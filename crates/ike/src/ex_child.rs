@@ -76,6 +76,12 @@ impl Endpoint {
         self.spis.esp_spi(&mut *self.rng, |s| self.sas.spi_in_use(s))
     }
 
+    /// An IKE SPI of ours no SA holds: stored or checked out (the table keeps those filed), or
+    /// born of this turn and not committed yet.
+    pub(crate) fn alloc_ike_spi(&mut self) -> u64 {
+        self.spis.ike_spi(&mut *self.rng, |s| self.sas.contains(&s) || self.spawned.iter().any(|n| n.id == s))
+    }
+
     /// SA, [Nonce, KE,] TSi, TSr and mode notify of a CHILD SA request.
     pub(crate) fn child_request_payloads(
         &self,
@@ -626,9 +632,7 @@ impl Endpoint {
         };
         let Ok(shared) = k.compute_shared(&data) else { return err(NotifyType::INVALID_SYNTAX) };
         let nr = self.rng.vec(NONCE_LEN);
-        let new_id = self.spis.ike_spi(&mut *self.rng, |s| {
-            self.sas.contains(&s) || s == sa.id || self.spawned.iter().any(|n| n.id == s)
-        });
+        let new_id = self.alloc_ike_spi();
         let Some(new) = self.rekeyed_sa(now, sa, peer, sel, false, peer_spi, new_id, ni, &nr, &shared) else {
             return err(NotifyType::NO_PROPOSAL_CHOSEN);
         };
@@ -711,9 +715,7 @@ impl Endpoint {
             .and_then(|s| s.dh)
             .or_else(|| peer.ike_proposals.first().and_then(|p| p.dh.first().copied()));
         let Some(Ok(ke)) = group.map(|g| KeyExchange::generate(g, &mut *self.rng)) else { return };
-        let new_spi = self.spis.ike_spi(&mut *self.rng, |s| {
-            self.sas.contains(&s) || s == sa.id || self.spawned.iter().any(|n| n.id == s)
-        });
+        let new_spi = self.alloc_ike_spi();
         let nonce = self.rng.vec(NONCE_LEN);
         let payloads = vec![
             Payload::Sa(proposal::to_wire(&peer.ike_proposals, ProtocolId::IKE, &new_spi.to_be_bytes())),

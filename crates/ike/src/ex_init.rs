@@ -91,7 +91,7 @@ impl Endpoint {
             .first()
             .and_then(|p| p.dh.first().copied())
             .ok_or_else(|| EngineError::Other(format!("vpn {vpn:?} has no IKE proposal")))?;
-        let id = self.spis.ike_spi(&mut *self.rng, |s| self.sas.contains(&s));
+        let id = self.alloc_ike_spi();
         let local = SocketAddr::new(local_ip, 500);
         let remote = SocketAddr::new(remote_ip, peer.remote_port);
         let mut sa = IkeSa::new(id, true, local, remote, now);
@@ -330,7 +330,7 @@ impl Endpoint {
             self.send_stateless(local, remote, spi_i, Notify::new(NotifyType::INVALID_SYNTAX, vec![]));
             return;
         };
-        let id = self.spis.ike_spi(&mut *self.rng, |s| self.sas.contains(&s));
+        let id = self.alloc_ike_spi();
         let mut sa = IkeSa::new(id, false, local, remote, now);
         sa.spi_i = spi_i;
         sa.candidates = names;
