@@ -158,6 +158,8 @@ struct Entry {
     outbound_active: bool,
     /// The pair this one replaced, retired when this one's deferred outbound takes over.
     replaces: Option<u32>,
+    /// The deferred pair that replaces this one: it takes over sending when this one leaves.
+    deferred_successor: Option<u32>,
 }
 
 impl Entry {
@@ -204,8 +206,9 @@ impl Control {
             return None;
         }
         e.retired_until = Some(until);
-        let (reqid, rank) = (e.reqid(), e.rank());
+        let (reqid, rank, successor) = (e.reqid(), e.rank(), e.deferred_successor);
         self.drop_sender(reqid, rank);
+        self.promote(successor, reqid);
         Some(reqid)
     }
 
@@ -213,8 +216,27 @@ impl Control {
         let e = self.pairs.remove(&spi)?;
         if e.retired_until.is_none() {
             self.drop_sender(e.reqid(), e.rank());
+            self.promote(e.deferred_successor, e.reqid());
         }
         Some(e)
+    }
+
+    /// A deferred pair whose predecessor stops sending becomes active. The peer initiated the
+    /// rekey that made it and deleted the predecessor only after installing it (or lost the
+    /// predecessor anyway); left deferred, a newer deferred pair (the peer's next rekey, still
+    /// unknown to the peer until our response arrives) would outrank it and take the traffic.
+    /// Only a successor of the same `reqid` (a rekey keeps it), which the caller touches.
+    fn promote(&mut self, successor: Option<u32>, reqid: u32) {
+        let Some(spi) = successor else { return };
+        let Some(e) = self.pairs.get_mut(&spi) else { return };
+        if e.outbound_active || e.retired_until.is_some() || e.reqid() != reqid {
+            return;
+        }
+        let old_rank = e.rank();
+        e.outbound_active = true;
+        let new_rank = e.rank();
+        self.drop_sender(reqid, old_rank);
+        self.add_sender(reqid, new_rank, spi);
     }
 
     /// The outbound SA `reqid` sends on now.
@@ -405,8 +427,14 @@ impl Sad {
                     soft_reported: false,
                     outbound_active: !pair.defer_outbound,
                     replaces: pair.replaces_spi_in,
+                    deferred_successor: None,
                 };
                 let (reqid, rank) = (entry.reqid(), entry.rank());
+                if let Some(old) = pair.replaces_spi_in.filter(|_| pair.defer_outbound) {
+                    if let Some(o) = ctl.pairs.get_mut(&old) {
+                        o.deferred_successor = Some(spi);
+                    }
+                }
                 ctl.pairs.insert(spi, entry);
                 ctl.add_sender(reqid, rank, spi);
                 d.next.inbound.insert(spi, inbound.clone());

@@ -115,6 +115,33 @@ fn rekey_responder_keeps_sending_on_the_old_sa_until_the_peer_uses_the_new_one()
 }
 
 #[test]
+fn a_deferred_pair_takes_over_when_the_pair_it_replaces_leaves_before_a_newer_deferred_one() {
+    // The peer rekeys P into Q and deletes P (so it has Q), then rekeys Q into R: until our
+    // answer creating R reaches the peer, only Q is safe to send on (seed 12600 of the
+    // collision simulation lost a ping on R).
+    let t0 = Instant::now();
+    let sad = Sad::new(Arc::new(CoarseClock::new(t0)));
+    let p = spec(EncrAlg::AesGcm16_256, None, false, Mode::Tunnel);
+    sad.install_spec(&p, t0).unwrap();
+    let next = |prev: &tandem_esp::ChildSaSpec, i: u32| {
+        let mut s = prev.clone();
+        s.spi_in = 0x1000 + i;
+        s.spi_out = 0x2000 + i;
+        s.replaces_spi_in = Some(prev.spi_in);
+        s.defer_outbound = true;
+        s
+    };
+    let q = next(&p, 1);
+    sad.install_spec(&q, t0).unwrap();
+    assert!(sad.retire(0x1000, t0), "the peer's Delete of P");
+    assert_eq!(sad.get_outbound(7).unwrap().spi(), 0x2001);
+    sad.install_spec(&next(&q, 2), t0).unwrap();
+    assert_eq!(sad.get_outbound(7).unwrap().spi(), 0x2001, "R is not known to the peer yet");
+    assert!(sad.retire(0x1001, t0), "the peer's Delete of Q");
+    assert_eq!(sad.get_outbound(7).unwrap().spi(), 0x2002);
+}
+
+#[test]
 fn lifetimes_are_reported_once_then_expire() {
     let t0 = Instant::now();
     let (sad, log) = sad_with_recorder(t0);

@@ -1,8 +1,8 @@
 //! A model of one node's ESP dataplane, fed only by the engine's events, with the SAD's rules
 //! (crates/esp/src/sad.rs): per reqid the outbound SA is the best non-retired pair, an active one
 //! before a deferred one, then the newest; a deferred pair becomes active on its first received
-//! packet, which retires the pair it replaces; a pair reported down as rekeyed lingers for packets
-//! in flight.
+//! packet, which retires the pair it replaces, or when the pair it replaces stops sending; a pair
+//! reported down as rekeyed lingers for packets in flight.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -41,7 +41,21 @@ impl DataplaneModel {
     fn retire(&mut self, spi: u32, now: Duration) {
         let linger = self.linger;
         if let Some(p) = self.pairs.get_mut(&spi) {
-            p.retired_until.get_or_insert(now + linger);
+            if p.retired_until.is_none() {
+                p.retired_until = Some(now + linger);
+                let reqid = p.reqid;
+                self.promote_successor(spi, reqid);
+            }
+        }
+    }
+
+    /// A deferred pair whose predecessor stops sending becomes active (the SAD's `promote`).
+    fn promote_successor(&mut self, spi: u32, reqid: u32) {
+        let successor = |q: &&mut ModelPair| {
+            q.replaces == Some(spi) && q.reqid == reqid && !q.active && q.retired_until.is_none()
+        };
+        if let Some(q) = self.pairs.values_mut().find(successor) {
+            q.active = true;
         }
     }
 
@@ -81,8 +95,8 @@ impl DataplaneModel {
                 }
                 if *reason == DownReason::Rekeyed {
                     self.retire(*spi_in, now);
-                } else {
-                    self.pairs.remove(spi_in);
+                } else if let Some(p) = self.pairs.remove(spi_in).filter(|p| p.retired_until.is_none()) {
+                    self.promote_successor(*spi_in, p.reqid);
                 }
             }
             _ => {}
