@@ -2,7 +2,12 @@
 //! operator wants the tunnel up, so a refusal (TS_UNACCEPTABLE, NO_PROPOSAL_CHOSEN,
 //! TEMPORARY_FAILURE, a peer not yet configured...) is asked again while the IKE SA lives, with
 //! exponential backoff and jitter instead of never. Rekeys have their own rules (`rekey_child`).
+//! For the same reason an IKE SA such a vpn initiated that fails before it is established (no
+//! answer, a refusal, the half-open timeout) is initiated again with the same backoff, as
+//! strongSwan does with `keyingtries = 0`: one burst of lost IKE_SA_INIT requests must not leave
+//! the tunnel down until an operator steps in.
 
+use crate::config::StartAction;
 use crate::endpoint::Endpoint;
 use crate::sa::{ChildRetry, IkeSa, Queued};
 use std::time::{Duration, Instant};
@@ -36,6 +41,22 @@ impl Endpoint {
     /// The CHILD SA `name` is up: its refusals are forgotten.
     pub(crate) fn child_retry_done(sa: &mut IkeSa, name: &str) {
         sa.child_retries.retain(|r| r.name != name);
+    }
+
+    /// Our initiation of `vpn` failed before its IKE SA was established: initiate it again
+    /// later if it has start-action `start`. `start_attempts` is forgotten once an IKE SA is up.
+    pub(crate) fn schedule_start_retry(&mut self, now: Instant, vpn: &str) {
+        let starts = self.peer(vpn).is_some_and(|p| {
+            p.remote_addr.is_some() && p.children.iter().any(|c| c.start_action == StartAction::Start)
+        });
+        if !starts {
+            return;
+        }
+        let attempt = self.start_attempts.get(vpn).copied().unwrap_or(0);
+        self.start_attempts.insert(vpn.to_string(), attempt + 1);
+        let wait = retry_delay(&mut *self.rng, attempt);
+        warn!(target: "ike", vpn, ?wait, attempt = attempt + 1, "IKE SA not established: initiating again");
+        self.restarts.push((now + wait, vpn.to_string()));
     }
 
     /// Ask again for the refused CHILD SAs whose wait is over (from the SA's timer).

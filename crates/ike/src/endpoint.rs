@@ -73,6 +73,8 @@ pub struct Endpoint {
     last_invalid_spi: HashMap<IpAddr, Instant>,
     /// vpns to initiate again at the given time (restart actions).
     pub(crate) restarts: Vec<(Instant, String)>,
+    /// Failed initiations in a row per vpn with start-action `start` (see `child_retry`).
+    pub(crate) start_attempts: std::collections::BTreeMap<String, u32>,
     pub(crate) now: Option<Instant>,
     /// Last responses of removed IKE SAs (see `tombstones`).
     pub(crate) tombstones: Tombstones,
@@ -115,6 +117,7 @@ impl Endpoint {
             stats: Stats::default(),
             last_invalid_spi: HashMap::new(),
             restarts: Vec::new(),
+            start_attempts: Default::default(),
             now: None,
         }
     }
@@ -455,9 +458,11 @@ impl Endpoint {
             self.drop_sa(&mut sa, reason);
             return;
         }
-        if sa.state == SaState::Established && sa.rel.can_send() && !sa.queue.is_empty() {
-            let q = sa.queue.remove(0);
-            self.start_queued(now, &mut sa, q);
+        if sa.state == SaState::Established && sa.rel.can_send() {
+            if let Some(i) = sa.queue.iter().position(|q| !sa.waits_for_ike_rekey(q)) {
+                let q = sa.queue.remove(i);
+                self.start_queued(now, &mut sa, q);
+            }
         }
         if let Some(obs) = self.observer.as_mut() {
             if let Ok(snap) = serde_json::to_vec(&sa) {
@@ -502,7 +507,7 @@ impl Endpoint {
 
     /// Queue a request, starting it at once when the window is free.
     pub(crate) fn enqueue(&mut self, now: Instant, sa: &mut IkeSa, q: Queued) {
-        if sa.state == SaState::Established && sa.rel.can_send() {
+        if sa.state == SaState::Established && sa.rel.can_send() && !sa.waits_for_ike_rekey(&q) {
             self.start_queued(now, sa, q);
         } else {
             sa.queue.push(q);
@@ -566,6 +571,10 @@ impl Endpoint {
         }
         if let Some(obs) = self.observer.as_mut() {
             obs.ike_sa_removed(sa.id);
+        }
+        let failed = matches!(reason, DownReason::Failed(_) | DownReason::PeerDead);
+        if let (Some(now), true) = (self.now, failed && sa.initiator && sa.established.is_none()) {
+            self.schedule_start_retry(now, &vpn);
         }
         if !sa.superseded && (reason == DownReason::PeerDead || reason == DownReason::PeerDelete) {
             if let Some(p) = sa.vpn.as_ref().and_then(|v| self.peer(v)) {

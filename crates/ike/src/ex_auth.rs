@@ -270,6 +270,9 @@ impl Endpoint {
             }
         }
         self.restarts.retain(|(_, v)| Some(v) != sa.vpn.as_ref());
+        if let Some(v) = &sa.vpn {
+            self.start_attempts.remove(v);
+        }
     }
 }
 

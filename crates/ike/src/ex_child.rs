@@ -706,6 +706,7 @@ impl Endpoint {
     }
 
     pub(crate) fn start_rekey_ike(&mut self, now: Instant, sa: &mut IkeSa) {
+        sa.ike_rekey_waits = false;
         let Some(peer) = sa.vpn.as_ref().and_then(|v| self.peer(v)).cloned() else { return };
         if sa.superseded {
             return;
@@ -745,6 +746,7 @@ impl Endpoint {
             let wait = crate::rekey_child::retry_delay(&mut *self.rng, now, sa.expire_at);
             warn!(target: "ike", vpn = %peer.name, ?wait, "IKE SA rekey refused: {e}; retrying");
             sa.rekey_at = Some(now + wait);
+            sa.ike_rekey_waits = e == NotifyType::TEMPORARY_FAILURE;
             return;
         }
         let returned =

@@ -228,6 +228,7 @@ impl Endpoint {
         warn!(target: "ike", vpn = ?sa.vpn, remote = %sa.remote, "IKE SA failed: {why}");
         self.events.push_back(crate::api::Event::Failure { vpn: sa.vpn.clone(), message: why.to_string() });
         sa.state = SaState::Deleting;
+        sa.down_reason = Some(crate::api::DownReason::Failed(why.to_string()));
         sa.rel.outstanding = None;
         sa.queue.clear();
     }

@@ -207,6 +207,11 @@ pub struct IkeSa {
     /// have been lost, or the peer expects us to delete it).
     #[serde(skip)]
     pub retire_at: Option<Instant>,
+    /// Our IKE SA rekey was refused (TEMPORARY_FAILURE) and waits for its retry at `rekey_at`:
+    /// until then our CHILD SA exchanges wait too, so that they cannot refuse the peer's IKE
+    /// rekey while the peer's CHILD exchanges refuse ours (the livelock of seeds 2029 and 3321).
+    #[serde(default)]
+    pub ike_rekey_waits: bool,
     /// Set on an IKE SA the peer rekeyed: (new IKE SA id, Ni, Nr of that exchange), to settle
     /// simultaneous rekeys (RFC 7296 section 2.8.1).
     #[serde(default)]
@@ -283,6 +288,7 @@ impl IkeSa {
             superseded: false,
             retire_at: None,
             down_reason: None,
+            ike_rekey_waits: false,
             rekeyed_by_peer: None,
             replaces_ike: None,
             frag_supported: false,

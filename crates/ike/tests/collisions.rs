@@ -97,7 +97,8 @@ fn peer(s: &Scenario, side: usize, local: &str, remote: &str, lid: &str, rid: &s
             esp_proposals: vec![parse_esp_proposal(esp).unwrap()],
             mode: IpsecMode::Tunnel,
             lifetimes: life(s.child_rekey[side], s.rand_time[side]),
-            start_action: StartAction::None,
+            // Node 0 starts the tunnel and, like a gateway, keeps trying until it is up.
+            start_action: if side == 0 { StartAction::Start } else { StartAction::None },
             close_action: DeadPeerAction::Clear,
             replay_window: 1024,
         }],
@@ -144,7 +145,7 @@ fn run(seed: u64) -> Result<(), String> {
         ))
     };
     let at = sim.at();
-    sim.nodes[0].ep.initiate(at, "t").map_err(|e| e.to_string())?;
+    sim.nodes[0].ep.start_configured(at);
     let (ra, rb) = (sim.nodes[0].ep.reqid("t", "net"), sim.nodes[1].ep.reqid("t", "net"));
     let pings = [(0, 1, ra, rb)];
     let mut manual = s.manual.clone();
@@ -166,7 +167,9 @@ fn run(seed: u64) -> Result<(), String> {
     if let Some(v) = sim.violations.first() {
         return fail(&sim, v.clone());
     }
-    if sim.pings_sent < 500 {
+    // 600 when the tunnel is up at once; a first IKE SA lost to the link's loss fails after 30 s
+    // and the next attempt brings it up some seconds later.
+    if sim.pings_sent < 200 {
         return fail(&sim, format!("only {} pings counted: the tunnel never came up", sim.pings_sent));
     }
     // Heal the network, let every lifetime run out twice, then look at a quiet moment.
@@ -230,6 +233,24 @@ fn seeded_rekey_collisions_keep_one_tunnel_and_traffic() {
         sim::engine_log::enable();
         let first = seeds[0].parse().ok().and_then(|s| run(s).err()).unwrap_or_else(|| failures[0].clone());
         panic!("{n} of {} seeds failed ({seeds:?}); the first:\n{first}", list.len());
+    }
+}
+
+/// Seeds beyond the default range that once failed, run every time.
+/// - 2029, 3321: both sides' IKE rekeys were refused (TEMPORARY_FAILURE) by each other's CHILD
+///   rekeys, turn after turn, until the IKE SA expired; now CHILD work waits for a refused IKE
+///   rekey's retry.
+/// - 12600: the responder of two CHILD rekeys in a row sent on the second new SA before the peer
+///   had it; now a deferred pair takes over when the pair it replaces leaves.
+/// - 14525: the first IKE_SA_INIT and its retransmissions were lost and the vpn stayed down; now
+///   a vpn with start-action `start` is initiated again.
+#[test]
+fn seeds_that_once_failed() {
+    for seed in [2029, 3321, 12600, 14525] {
+        if let Err(e) = run(seed) {
+            sim::engine_log::enable();
+            panic!("{}", run(seed).err().unwrap_or(e));
+        }
     }
 }
 

@@ -802,6 +802,50 @@ fn a_refused_child_sa_with_start_action_start_is_asked_for_again_with_backoff() 
     assert_eq!(p.a.child_sas().len(), 1);
 }
 
+#[test]
+fn a_start_vpn_whose_ike_sa_never_came_up_is_initiated_again_with_backoff() {
+    // Every datagram is lost for a while (b unreachable): with start-action `start`, a gives up
+    // on that IKE SA like any other, then initiates again, and the tunnel comes up once b answers.
+    let mut p = Pair::new(SUITE, "aes256gcm16", 100, None);
+    let mut a = a_peer();
+    a.children[0].start_action = StartAction::Start;
+    p.a.set_peers(p.now, vec![a], psk("secret"));
+    p.drop_next = usize::MAX;
+    p.a.start_configured(p.now);
+    p.run();
+    let failures = |p: &Pair| p.events_a.iter().filter(|e| matches!(e, Event::Failure { .. })).count();
+    let mut secs = 0;
+    while failures(&p) == 0 && secs < 120 {
+        p.advance(Duration::from_secs(1));
+        secs += 1;
+    }
+    assert_eq!(failures(&p), 1, "the first IKE SA failed after {secs} s");
+    assert!(p.a.ike_sas().is_empty());
+    // b is back: a new attempt comes within the first backoff (at most 5 s).
+    p.drop_next = 0;
+    for _ in 0..5 {
+        p.advance(Duration::from_secs(1));
+    }
+    assert_eq!(p.a.ike_sas().first().map(|s| s.state), Some(IkeSaState::Established));
+    assert_eq!(p.a.child_sas().len(), 1);
+    assert_matching_child(&p);
+
+    // Without start-action `start` a failed initiation stays failed (the operator asked once).
+    let mut q = Pair::new(SUITE, "aes256gcm16", 100, None);
+    q.drop_next = usize::MAX;
+    q.a.initiate(q.now, "t").unwrap();
+    q.run();
+    for _ in 0..120 {
+        q.advance(Duration::from_secs(1));
+    }
+    assert_eq!(failures(&q), 1);
+    q.drop_next = 0;
+    for _ in 0..400 {
+        q.advance(Duration::from_secs(1));
+    }
+    assert!(q.a.ike_sas().is_empty(), "{:?}", q.a.ike_sas());
+}
+
 /// Move datagrams between two endpoints until both are quiet.
 fn exchange(x: &mut Endpoint, y: &mut Endpoint, now: Instant) {
     for _ in 0..100 {
