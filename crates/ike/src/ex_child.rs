@@ -601,8 +601,12 @@ impl Endpoint {
     ) -> Vec<Payload> {
         let err = |t: NotifyType| vec![Payload::Notify(Notify::new(t, vec![]))];
         if sa.child_exchange_in_flight() || sa.state != SaState::Established || sa.superseded {
-            // Row I4: not while a CHILD SA exchange of ours is in flight (its response would land
-            // on the old IKE SA) or the IKE SA is going away.
+            // Row I4: not while a CHILD SA create or rekey of ours is in flight (the peer may
+            // have made the CHILD SA, and its response would land on the old IKE SA) or the IKE
+            // SA is going away. A Delete in flight does not block: it is sent again on the new
+            // IKE SA (`take_child_work`), and a Delete is idempotent. Blocking on it let a Delete
+            // whose responses a lossy link kept losing refuse every IKE rekey until the IKE SA
+            // expired (seed 48069).
             return err(NotifyType::TEMPORARY_FAILURE);
         }
         let offered =
@@ -692,6 +696,7 @@ impl Endpoint {
         // CHILD SA work queued on the old SA follows its CHILD SAs (a rekey whose timer fired
         // while the IKE rekey was in flight would otherwise be lost with the old SA).
         new.queue = Self::take_child_work(old);
+        Self::resend_moved_deletes(&mut new);
         new.state = SaState::Established;
         new.established = Some(now);
         let lt = &peer.ike_lifetimes;
@@ -799,6 +804,7 @@ impl Endpoint {
                 // answers it, and a rekey left waiting there would let the CHILD SA reach its hard
                 // lifetime unrekeyed (seed 2427).
                 new.queue.extend(Self::take_child_work(&mut theirs));
+                Self::resend_moved_deletes(&mut new);
                 theirs.superseded = true;
                 // Its creator deletes it; if that Delete never comes, we do (row I1).
                 theirs.retire_at = Some(now + SUPERSEDED_WAIT);
@@ -831,6 +837,20 @@ impl Endpoint {
         sa.queue = rest;
         work.extend(child_work);
         work
+    }
+
+    /// CHILD SAs whose Delete was in flight on the IKE SA they left are no longer being deleted
+    /// there: clear the mark, so that the Delete queued on their new IKE SA goes out again.
+    fn resend_moved_deletes(sa: &mut IkeSa) {
+        let spis: Vec<u32> = sa
+            .queue
+            .iter()
+            .filter_map(|q| if let Queued::DeleteChild(s) = q { Some(s.clone()) } else { None })
+            .flatten()
+            .collect();
+        for c in sa.children.iter_mut().filter(|c| spis.contains(&c.spi_in)) {
+            c.deleting = false;
+        }
     }
 
     pub(crate) fn remove_child(&mut self, sa: &mut IkeSa, spi_in: u32, reason: DownReason) {

@@ -157,11 +157,11 @@ impl IkeSa {
         matches!(self.request, Some(Request::RekeyIke(_)) | Some(Request::DeleteIke))
     }
 
-    /// Whether queued work `q` waits for the retry of our refused IKE SA rekey. CHILD SA
-    /// exchanges do: one of ours in flight makes us refuse the peer's IKE rekey (row I4) just as
+    /// Whether queued work `q` waits for the retry of our refused IKE SA rekey. CHILD SA creates
+    /// and rekeys do: one of ours in flight makes us refuse the peer's IKE rekey (row I4) just as
     /// the peer's make it refuse ours (row I5), and two peers that take turns never get an IKE
-    /// rekey through. Exceptions: a CHILD SA that would reach its hard lifetime before the retry
-    /// is rekeyed at once, and the Delete of an expired (still live) CHILD SA is not put off.
+    /// rekey through. Exception: a CHILD SA that would reach its hard lifetime before the retry is
+    /// rekeyed at once. Deletes go on (they do not block the peer's IKE rekey).
     pub(crate) fn waits_for_ike_rekey(&self, q: &Queued) -> bool {
         if !self.ike_rekey_waits {
             return false;
@@ -173,13 +173,12 @@ impl IkeSa {
                 !matches!((expires, self.rekey_at), (Some(e), Some(r)) if e <= r)
             }
             Queued::CreateChild { rekeys_spi_in: None, .. } => true,
-            Queued::DeleteChild(spis) => spis.iter().all(|s| child(s).is_some_and(|c| c.retired.is_some())),
             _ => false,
         }
     }
 
-    /// Our request in flight creates, rekeys or deletes a CHILD SA (row I4).
+    /// Our request in flight creates or rekeys a CHILD SA (row I4).
     pub(crate) fn child_exchange_in_flight(&self) -> bool {
-        matches!(self.request, Some(Request::CreateChild(_)) | Some(Request::DeleteChild(_)))
+        matches!(self.request, Some(Request::CreateChild(_)))
     }
 }

@@ -244,9 +244,11 @@ fn seeded_rekey_collisions_keep_one_tunnel_and_traffic() {
 ///   had it; now a deferred pair takes over when the pair it replaces leaves.
 /// - 14525: the first IKE_SA_INIT and its retransmissions were lost and the vpn stayed down; now
 ///   a vpn with start-action `start` is initiated again.
+/// - 48069: a CHILD Delete whose responses the link kept losing refused the peer's IKE rekeys
+///   until the IKE SA expired; now a Delete in flight moves to the new IKE SA instead.
 #[test]
 fn seeds_that_once_failed() {
-    for seed in [2029, 3321, 12600, 14525] {
+    for seed in [2029, 3321, 12600, 14525, 48069] {
         if let Err(e) = run(seed) {
             sim::engine_log::enable();
             panic!("{}", run(seed).err().unwrap_or(e));
