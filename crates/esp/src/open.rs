@@ -14,7 +14,7 @@
 //! - ESN: the high half is inferred from the window (RFC 4303 Appendix A); the optional
 //!   resynchronisation of Appendix A.3 is not implemented: a wrong guess fails authentication.
 
-use crate::cipher::OpenCipher;
+use crate::cipher::{CbcOpen, OpenCipher};
 use crate::counters::GlobalCounters;
 use crate::error::DropReason;
 use crate::esp_packet::{
@@ -113,7 +113,8 @@ pub(crate) fn open_uncounted(sa: &InboundSa, packet: &mut [u8]) -> Result<Opened
             key.open_in_place_separate_tag(nonce, Aad::from(&aad[..aad_len]), tag, &mut body[hdr..])
                 .map_err(|_| DropReason::AuthFailed)?;
         }
-        OpenCipher::Cbc { key, mac } => {
+        OpenCipher::Cbc(cbc) => {
+            let CbcOpen { key, mac } = &**cbc;
             let mut ctx = hmac::Context::with_key(mac);
             ctx.update(&packet[..ct_end]);
             if sa.esn() {

@@ -10,7 +10,7 @@
 //!   SPI .. ciphertext, with the high 32 sequence bits appended (not sent) under ESN (RFC 4303
 //!   section 2.2.1), truncated to the algorithm's ICV length.
 
-use crate::cipher::SealCipher;
+use crate::cipher::{CbcSeal, SealCipher};
 use crate::error::SealError;
 use crate::esp_packet::{aead_aad, aead_nonce, write_header, write_padding, ESP_HEADER_LEN};
 use crate::sa::OutboundSa;
@@ -100,7 +100,8 @@ pub(crate) fn seal_with_seq(
                 .map_err(|_| SealError::Crypto)?;
             buf[ct_end..end].copy_from_slice(&tag.as_ref()[..sizes.icv_len]);
         }
-        SealCipher::Cbc { key, mac, iv_key } => {
+        SealCipher::Cbc(cbc) => {
+            let CbcSeal { key, mac, iv_key } = &**cbc;
             let mut iv = [0u8; 16];
             iv[8..].copy_from_slice(&seq.to_be_bytes());
             iv_key.less_safe_encrypt(&mut iv, EncryptionContext::None).map_err(|_| SealError::Crypto)?;
