@@ -79,7 +79,9 @@ pub struct Endpoint {
     /// Last responses of removed IKE SAs (see `tombstones`).
     pub(crate) tombstones: Tombstones,
     /// IKE SAs created while another SA was being handled, committed by `finish`.
-    pub(crate) spawned: Vec<IkeSa>,
+    // Boxed like the table's SAs, so committing one moves a pointer, not a kilobyte.
+    #[allow(clippy::vec_box)]
+    pub(crate) spawned: Vec<Box<IkeSa>>,
     /// The one source of randomness (see `with_random`).
     pub(crate) rng: Box<dyn Random>,
 }
@@ -448,7 +450,7 @@ impl Endpoint {
     }
 
     /// Put an SA back after handling, run its queued requests and tell the observer.
-    pub(crate) fn finish(&mut self, now: Instant, mut sa: IkeSa) {
+    pub(crate) fn finish(&mut self, now: Instant, mut sa: Box<IkeSa>) {
         if sa.state == SaState::Deleting && sa.rel.can_send() {
             let reason = if sa.superseded {
                 DownReason::Rekeyed

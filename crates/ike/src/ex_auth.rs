@@ -146,6 +146,7 @@ impl Endpoint {
         if let Some(pending) = pending {
             self.complete_child_as_initiator(now, sa, &payloads, pending, None);
         }
+        sa.forget_handshake();
         for c in peer.children.iter().skip(sent) {
             sa.queue.push(crate::sa::Queued::CreateChild { name: c.name.clone(), rekeys_spi_in: None });
         }
@@ -251,18 +252,15 @@ impl Endpoint {
         if payloads.iter().any(|p| matches!(p, Payload::Sa(_))) {
             out.extend(self.respond_child(now, sa, &peer, &payloads, None, None));
         }
+        sa.forget_handshake();
         out
     }
 
     /// INITIAL_CONTACT: the peer lost its state; drop our other IKE SAs with the same identities.
     fn initial_contact(&mut self, _now: Instant, sa: &IkeSa, remote_id: &Identity) {
         let Some(vpn) = &sa.vpn else { return };
-        let stale: Vec<u64> = self
-            .sas
-            .of_vpn(vpn)
-            .filter(|o| o.id != sa.id && o.remote_id.as_ref() == Some(remote_id))
-            .map(|o| o.id)
-            .collect();
+        let stale: Vec<u64> =
+            self.sas.of_identity(vpn, remote_id).filter(|o| o.id != sa.id).map(|o| o.id).collect();
         for id in stale {
             if let Some(mut old) = self.sas.checkout(&id) {
                 info!(target: "ike", vpn = ?old.vpn, "INITIAL_CONTACT: removing stale IKE SA");

@@ -673,7 +673,7 @@ impl Endpoint {
         ni: &[u8],
         nr: &[u8],
         shared: &[u8],
-    ) -> Option<IkeSa> {
+    ) -> Option<Box<IkeSa>> {
         let old_prf = old.suite?.prf?;
         let old_keys = old.keys.as_ref()?;
         let suite = IkeSuite { encr: sel.encr, prf: sel.prf?, integ: sel.integ };

@@ -4,7 +4,9 @@
 //! - a timer queue ordered by (deadline, SA): `poll_timeout` reads its head and `handle_timeout`
 //!   pops what is due, instead of both walking every SA;
 //! - CHILD SAs by inbound SPI (ours, unique) and by outbound SPI (the peer's, so not unique);
-//! - IKE SAs by vpn and by remote address (acquires, restarts, INITIAL_CONTACT, INVALID_SPI).
+//! - IKE SAs by vpn and by remote address (acquires, restarts, INVALID_SPI), and by vpn and
+//!   remote identity (INITIAL_CONTACT and `unique`, checked on every handshake: one %any vpn
+//!   may serve 10,000 road warriors, all of them from one address behind a NAT).
 //!
 //! An SA is handled outside the table: `checkout` takes it out and `commit` puts it back and
 //! brings the indexes up to date from what the SA now holds (its deadline included), so protocol
@@ -14,6 +16,7 @@
 //! exactly.
 
 use crate::api::IkeSaId;
+use crate::config::Identity;
 use crate::sa::IkeSa;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -27,6 +30,7 @@ struct Filed {
     spis_out: Vec<u32>,
     vpn: Option<String>,
     remote: Option<IpAddr>,
+    identity: Option<(String, Identity)>,
 }
 
 impl Filed {
@@ -38,28 +42,80 @@ impl Filed {
             spis_out: sa.children.iter().map(|c| c.spi_out).collect(),
             vpn: sa.vpn.clone(),
             remote: Some(sa.remote.ip()),
+            identity: sa.vpn.clone().zip(sa.remote_id.clone()),
         }
     }
 }
 
 pub(crate) struct SaTable {
-    sas: HashMap<IkeSaId, IkeSa>,
+    /// Boxed: an `IkeSa` is over a kilobyte, and a map sized for growth keeps up to half its
+    /// slots empty; inline, those empty slots cost more than the SAs' own heap data.
+    sas: HashMap<IkeSaId, Box<IkeSa>>,
     filed: HashMap<IkeSaId, Filed>,
     timers: BTreeSet<(Instant, IkeSaId)>,
     by_spi_in: HashMap<u32, IkeSaId>,
-    by_spi_out: HashMap<u32, BTreeSet<IkeSaId>>,
+    by_spi_out: HashMap<u32, FewIds>,
     by_vpn: HashMap<String, BTreeSet<IkeSaId>>,
     by_remote: HashMap<IpAddr, BTreeSet<IkeSaId>>,
+    by_identity: HashMap<(String, Identity), FewIds>,
     half_open_timeout: Duration,
 }
 
-fn add<K: std::hash::Hash + Eq>(map: &mut HashMap<K, BTreeSet<IkeSaId>>, k: K, id: IkeSaId) {
-    map.entry(k).or_default().insert(id);
+/// A set of SA ids under one index key.
+trait IdSet: Default {
+    fn put(&mut self, id: IkeSaId);
+    fn take(&mut self, id: IkeSaId);
+    fn is_empty(&self) -> bool;
 }
 
-fn remove<K: std::hash::Hash + Eq>(map: &mut HashMap<K, BTreeSet<IkeSaId>>, k: &K, id: IkeSaId) {
+impl IdSet for BTreeSet<IkeSaId> {
+    fn put(&mut self, id: IkeSaId) {
+        self.insert(id);
+    }
+    fn take(&mut self, id: IkeSaId) {
+        self.remove(&id);
+    }
+    fn is_empty(&self) -> bool {
+        BTreeSet::is_empty(self)
+    }
+}
+
+/// The ids under a key that holds one or two of them (an outbound SPI, a peer identity): a sorted
+/// Vec, where a `BTreeSet` would allocate a whole node (about 200 bytes) for each key.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct FewIds(Vec<IkeSaId>);
+
+impl IdSet for FewIds {
+    fn put(&mut self, id: IkeSaId) {
+        if let Err(i) = self.0.binary_search(&id) {
+            self.0.insert(i, id);
+        }
+    }
+    fn take(&mut self, id: IkeSaId) {
+        if let Ok(i) = self.0.binary_search(&id) {
+            self.0.remove(i);
+        }
+    }
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<'a> IntoIterator for &'a FewIds {
+    type Item = &'a IkeSaId;
+    type IntoIter = std::slice::Iter<'a, IkeSaId>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+fn add<K: std::hash::Hash + Eq, S: IdSet>(map: &mut HashMap<K, S>, k: K, id: IkeSaId) {
+    map.entry(k).or_default().put(id);
+}
+
+fn remove<K: std::hash::Hash + Eq, S: IdSet>(map: &mut HashMap<K, S>, k: &K, id: IkeSaId) {
     if let Some(set) = map.get_mut(k) {
-        set.remove(&id);
+        set.take(id);
         if set.is_empty() {
             map.remove(k);
         }
@@ -77,12 +133,13 @@ impl SaTable {
             by_spi_out: HashMap::new(),
             by_vpn: HashMap::new(),
             by_remote: HashMap::new(),
+            by_identity: HashMap::new(),
             half_open_timeout,
         }
     }
 
     pub(crate) fn get(&self, id: &IkeSaId) -> Option<&IkeSa> {
-        self.sas.get(id)
+        self.sas.get(id).map(|b| &**b)
     }
 
     /// True when `id` is taken, by a stored or a checked-out SA.
@@ -91,7 +148,7 @@ impl SaTable {
     }
 
     /// Take an SA out for handling; `commit` or `discard` it afterwards.
-    pub(crate) fn checkout(&mut self, id: &IkeSaId) -> Option<IkeSa> {
+    pub(crate) fn checkout(&mut self, id: &IkeSaId) -> Option<Box<IkeSa>> {
         self.sas.remove(id)
     }
 
@@ -104,8 +161,13 @@ impl SaTable {
     }
 
     /// Store an SA (new or checked out) and file it under what it now holds.
-    pub(crate) fn commit(&mut self, sa: IkeSa) {
+    pub(crate) fn commit(&mut self, mut sa: Box<IkeSa>) {
         let id = sa.id;
+        // A CHILD SA is ~300 bytes and a Vec's first allocation holds four: an SA back to one
+        // CHILD SA after a rekey (or made with one) would keep three empty slots for its lifetime.
+        if sa.children.capacity() > sa.children.len().max(1) * 2 {
+            sa.children.shrink_to_fit();
+        }
         let new = Filed::of(&sa, self.half_open_timeout);
         let old = self.filed.remove(&id).unwrap_or_default();
         if old != new {
@@ -149,6 +211,11 @@ impl SaTable {
                 remove(&mut self.by_remote, r, id);
             }
         }
+        if old.identity != new.identity {
+            if let Some(k) = &old.identity {
+                remove(&mut self.by_identity, k, id);
+            }
+        }
     }
 
     /// Add the entries of `new` that `old` did not have.
@@ -174,6 +241,11 @@ impl SaTable {
                 add(&mut self.by_remote, r, id);
             }
         }
+        if old.identity != new.identity {
+            if let Some(k) = &new.identity {
+                add(&mut self.by_identity, k.clone(), id);
+            }
+        }
     }
 
     /// The earliest deadline of any SA.
@@ -196,22 +268,29 @@ impl SaTable {
         self.by_spi_in
             .get(&spi)
             .copied()
-            .or_else(|| self.by_spi_out.get(&spi).and_then(|s| s.first().copied()))
+            .or_else(|| self.by_spi_out.get(&spi).and_then(|s| s.0.first().copied()))
     }
 
     /// The IKE SAs of a vpn, in SPI order.
     pub(crate) fn of_vpn(&self, vpn: &str) -> impl Iterator<Item = &IkeSa> {
-        self.by_vpn.get(vpn).into_iter().flatten().filter_map(|id| self.sas.get(id))
+        self.by_vpn.get(vpn).into_iter().flatten().filter_map(|id| self.get(id))
     }
 
     /// The IKE SAs with a peer at `remote`, in SPI order.
     pub(crate) fn of_remote(&self, remote: IpAddr) -> impl Iterator<Item = &IkeSa> {
-        self.by_remote.get(&remote).into_iter().flatten().filter_map(|id| self.sas.get(id))
+        self.by_remote.get(&remote).into_iter().flatten().filter_map(|id| self.get(id))
+    }
+
+    /// The IKE SAs of a vpn whose peer authenticated as `remote_id`, in SPI order.
+    pub(crate) fn of_identity(&self, vpn: &str, remote_id: &Identity) -> impl Iterator<Item = &IkeSa> {
+        // The key is owned; one lookup per handshake does not need a borrowed-key scheme.
+        let key = (vpn.to_string(), remote_id.clone());
+        self.by_identity.get(&key).into_iter().flatten().filter_map(|id| self.get(id))
     }
 
     /// Every stored SA, in no particular order (listings sort; protocol code uses the indexes).
     pub(crate) fn values(&self) -> impl Iterator<Item = &IkeSa> {
-        self.sas.values()
+        self.sas.values().map(|b| &**b)
     }
 
     /// Recompute every index from the stored SAs and compare (tests and simulations: a stale
@@ -237,7 +316,10 @@ impl SaTable {
         if fresh.by_spi_in != self.by_spi_in || fresh.by_spi_out != self.by_spi_out {
             return Err("CHILD SA SPI index differs from the SAs".into());
         }
-        if fresh.by_vpn != self.by_vpn || fresh.by_remote != self.by_remote {
+        if fresh.by_vpn != self.by_vpn
+            || fresh.by_remote != self.by_remote
+            || fresh.by_identity != self.by_identity
+        {
             return Err("vpn or remote index differs from the SAs".into());
         }
         Ok(())

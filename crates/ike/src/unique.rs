@@ -14,11 +14,11 @@ impl Endpoint {
     /// Established IKE SAs of the vpn of `sa` with its identities, other than `sa` itself and
     /// other than SAs on their way out (superseded by a rekey, being deleted).
     fn duplicates_of(&self, sa: &IkeSa) -> Vec<IkeSaId> {
-        let Some(vpn) = &sa.vpn else { return Vec::new() };
+        let (Some(vpn), Some(remote_id)) = (&sa.vpn, &sa.remote_id) else { return Vec::new() };
         self.sas
-            .of_vpn(vpn)
+            .of_identity(vpn, remote_id)
             .filter(|o| o.id != sa.id && o.state == SaState::Established && !o.superseded)
-            .filter(|o| o.remote_id == sa.remote_id && o.local_id == sa.local_id)
+            .filter(|o| o.local_id == sa.local_id)
             .map(|o| o.id)
             .collect()
     }
