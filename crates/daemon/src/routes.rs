@@ -16,7 +16,7 @@ use rtnetlink::packet_route::route::{RouteMessage, RouteProtocol, RouteScope};
 use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleFlags, RuleMessage};
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{Handle, RouteMessageBuilder};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 use tandem_wire::TrafficSelector;
@@ -187,8 +187,13 @@ impl Routes {
 struct State {
     /// Per reqid, its routes with the source address chosen when it asked.
     wanted: HashMap<u32, Vec<(Key, Option<IpAddr>)>>,
-    /// Per route, the reqids that want it in the order they asked; the last one's source is used.
-    users: HashMap<Key, Vec<(u32, Option<IpAddr>)>>,
+    /// Per route, the reqids that want it, keyed by when they asked (`asked`); the last one's
+    /// source is used. A map, not a list: 10,000 road warriors of one vpn share the route of
+    /// their `0.0.0.0/0`, and taking one out of a list would cost O(users) per CHILD SA.
+    users: HashMap<Key, BTreeMap<u64, (u32, Option<IpAddr>)>>,
+    /// When each (reqid, route) asked: its key in `users`.
+    asked: HashMap<(u32, Key, Option<IpAddr>), u64>,
+    next_ask: u64,
     /// Routes in the kernel's table, with their source.
     installed: HashMap<Key, Option<IpAddr>>,
 }
@@ -207,16 +212,19 @@ impl State {
             // Touched even when known: a route the kernel refused before is tried again.
             touched.insert(r.0.clone());
             if !have.contains(&r) {
-                self.users.entry(r.0.clone()).or_default().push((reqid, r.1));
+                self.next_ask += 1;
+                self.users.entry(r.0.clone()).or_default().insert(self.next_ask, (reqid, r.1));
+                self.asked.insert((reqid, r.0.clone(), r.1), self.next_ask);
                 have.push(r);
             }
         }
     }
 
     fn remove(&mut self, reqid: u32, touched: &mut HashSet<Key>) {
-        for (key, _) in self.wanted.remove(&reqid).unwrap_or_default() {
-            if let Some(u) = self.users.get_mut(&key) {
-                u.retain(|(r, _)| *r != reqid);
+        for (key, src) in self.wanted.remove(&reqid).unwrap_or_default() {
+            let at = self.asked.remove(&(reqid, key.clone(), src));
+            if let (Some(u), Some(at)) = (self.users.get_mut(&key), at) {
+                u.remove(&at);
                 if u.is_empty() {
                     self.users.remove(&key);
                 }
@@ -229,7 +237,7 @@ impl State {
     fn changes(&self, touched: HashSet<Key>) -> Vec<Change> {
         let mut out = Vec::new();
         for key in touched {
-            let want = self.users.get(&key).and_then(|u| u.last()).map(|(_, src)| *src);
+            let want = self.users.get(&key).and_then(|u| u.last_key_value()).map(|(_, (_, src))| *src);
             match (want, self.installed.get(&key)) {
                 (Some(w), Some(have)) if w == *have => {}
                 (Some(w), _) => out.push(Change::Replace(key, w)),
