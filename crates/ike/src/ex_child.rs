@@ -697,6 +697,8 @@ impl Endpoint {
         // while the IKE rekey was in flight would otherwise be lost with the old SA).
         new.queue = Self::take_child_work(old);
         Self::resend_moved_deletes(&mut new);
+        // No IKE_AUTH follows a rekey: SK_pi and SK_pr are never used.
+        new.forget_handshake();
         new.state = SaState::Established;
         new.established = Some(now);
         let lt = &peer.ike_lifetimes;

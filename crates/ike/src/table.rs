@@ -22,15 +22,27 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-/// What the indexes hold for one SA; compared on commit to update only what changed.
+/// What the indexes hold for one SA; compared on commit to update only what changed. The vpn and
+/// identity keys are hashes (`key_of`), not copies of the strings: one `Filed` per SA, and owned
+/// keys cost a few allocations of every tunnel's memory. A lookup filters what it finds by the
+/// SA's own fields, so a hash collision costs a wasted probe, never a wrong answer.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 struct Filed {
     deadline: Option<Instant>,
-    spis_in: Vec<u32>,
-    spis_out: Vec<u32>,
-    vpn: Option<String>,
+    /// (inbound, outbound) SPI of each CHILD SA.
+    spis: Vec<(u32, u32)>,
+    vpn: Option<u64>,
     remote: Option<IpAddr>,
-    identity: Option<(String, Identity)>,
+    identity: Option<u64>,
+}
+
+/// A fixed-key hash (the same in every table and every run, unlike `RandomState`: `check`
+/// compares filings, and seeded runs replay).
+fn key_of(k: impl std::hash::Hash) -> u64 {
+    use std::hash::Hasher;
+    let mut h = std::hash::DefaultHasher::new();
+    k.hash(&mut h);
+    h.finish()
 }
 
 impl Filed {
@@ -38,11 +50,10 @@ impl Filed {
         let half_open = sa.created.filter(|_| sa.established.is_none()).map(|c| c + half_open_timeout);
         Filed {
             deadline: [sa.next_deadline(), half_open].into_iter().flatten().min(),
-            spis_in: sa.children.iter().map(|c| c.spi_in).collect(),
-            spis_out: sa.children.iter().map(|c| c.spi_out).collect(),
-            vpn: sa.vpn.clone(),
+            spis: sa.children.iter().map(|c| (c.spi_in, c.spi_out)).collect(),
+            vpn: sa.vpn.as_deref().map(key_of),
             remote: Some(sa.remote.ip()),
-            identity: sa.vpn.clone().zip(sa.remote_id.clone()),
+            identity: sa.vpn.as_deref().zip(sa.remote_id.as_ref()).map(key_of),
         }
     }
 }
@@ -55,9 +66,9 @@ pub(crate) struct SaTable {
     timers: BTreeSet<(Instant, IkeSaId)>,
     by_spi_in: HashMap<u32, IkeSaId>,
     by_spi_out: HashMap<u32, FewIds>,
-    by_vpn: HashMap<String, BTreeSet<IkeSaId>>,
+    by_vpn: HashMap<u64, BTreeSet<IkeSaId>>,
     by_remote: HashMap<IpAddr, BTreeSet<IkeSaId>>,
-    by_identity: HashMap<(String, Identity), FewIds>,
+    by_identity: HashMap<u64, FewIds>,
     half_open_timeout: Duration,
 }
 
@@ -193,12 +204,12 @@ impl SaTable {
                 self.timers.remove(&(t, id));
             }
         }
-        for s in old.spis_in.iter().filter(|s| !new.spis_in.contains(s)) {
+        for (s, _) in old.spis.iter().filter(|(s, _)| !new.spis.iter().any(|n| n.0 == *s)) {
             if self.by_spi_in.get(s) == Some(&id) {
                 self.by_spi_in.remove(s);
             }
         }
-        for s in old.spis_out.iter().filter(|s| !new.spis_out.contains(s)) {
+        for (_, s) in old.spis.iter().filter(|(_, s)| !new.spis.iter().any(|n| n.1 == *s)) {
             remove(&mut self.by_spi_out, s, id);
         }
         if old.vpn != new.vpn {
@@ -225,15 +236,15 @@ impl SaTable {
                 self.timers.insert((t, id));
             }
         }
-        for s in new.spis_in.iter().filter(|s| !old.spis_in.contains(s)) {
+        for (s, _) in new.spis.iter().filter(|(s, _)| !old.spis.iter().any(|o| o.0 == *s)) {
             self.by_spi_in.insert(*s, id);
         }
-        for s in new.spis_out.iter().filter(|s| !old.spis_out.contains(s)) {
+        for (_, s) in new.spis.iter().filter(|(_, s)| !old.spis.iter().any(|o| o.1 == *s)) {
             add(&mut self.by_spi_out, *s, id);
         }
         if old.vpn != new.vpn {
-            if let Some(v) = &new.vpn {
-                add(&mut self.by_vpn, v.clone(), id);
+            if let Some(v) = new.vpn {
+                add(&mut self.by_vpn, v, id);
             }
         }
         if old.remote != new.remote {
@@ -242,8 +253,8 @@ impl SaTable {
             }
         }
         if old.identity != new.identity {
-            if let Some(k) = &new.identity {
-                add(&mut self.by_identity, k.clone(), id);
+            if let Some(k) = new.identity {
+                add(&mut self.by_identity, k, id);
             }
         }
     }
@@ -272,8 +283,9 @@ impl SaTable {
     }
 
     /// The IKE SAs of a vpn, in SPI order.
-    pub(crate) fn of_vpn(&self, vpn: &str) -> impl Iterator<Item = &IkeSa> {
-        self.by_vpn.get(vpn).into_iter().flatten().filter_map(|id| self.get(id))
+    pub(crate) fn of_vpn<'a>(&'a self, vpn: &'a str) -> impl Iterator<Item = &'a IkeSa> + 'a {
+        let ids = self.by_vpn.get(&key_of(vpn)).into_iter().flatten();
+        ids.filter_map(|id| self.get(id)).filter(move |sa| sa.vpn.as_deref() == Some(vpn))
     }
 
     /// The IKE SAs with a peer at `remote`, in SPI order.
@@ -282,10 +294,14 @@ impl SaTable {
     }
 
     /// The IKE SAs of a vpn whose peer authenticated as `remote_id`, in SPI order.
-    pub(crate) fn of_identity(&self, vpn: &str, remote_id: &Identity) -> impl Iterator<Item = &IkeSa> {
-        // The key is owned; one lookup per handshake does not need a borrowed-key scheme.
-        let key = (vpn.to_string(), remote_id.clone());
-        self.by_identity.get(&key).into_iter().flatten().filter_map(|id| self.get(id))
+    pub(crate) fn of_identity<'a>(
+        &'a self,
+        vpn: &'a str,
+        remote_id: &'a Identity,
+    ) -> impl Iterator<Item = &'a IkeSa> + 'a {
+        let ids = self.by_identity.get(&key_of((vpn, remote_id))).into_iter().flatten();
+        ids.filter_map(|id| self.get(id))
+            .filter(move |sa| sa.vpn.as_deref() == Some(vpn) && sa.remote_id.as_ref() == Some(remote_id))
     }
 
     /// Every stored SA, in no particular order (listings sort; protocol code uses the indexes).
