@@ -35,10 +35,25 @@ fn bed_full(
     extra_ike: &str,
     extra_ipsec: &str,
 ) -> Bed {
+    bed_edited(ike, esp, cfg, extra_daemon, extra_ike, extra_ipsec, |toml| toml)
+}
+
+/// As `bed_full`, with tandem's configuration passed through `edit` first (for keys the
+/// `extra_*` strings cannot place, such as one in the vpn section).
+fn bed_edited(
+    ike: &str,
+    esp: &str,
+    cfg: CharonConfig,
+    extra_daemon: &str,
+    extra_ike: &str,
+    extra_ipsec: &str,
+    edit: impl FnOnce(String) -> String,
+) -> Bed {
     let mut pair = Pair::new();
     let dir = Tandemd::dir_for(&pair.left);
     let socket = dir.join("tandemd.sock");
-    let toml = left_config_full(socket.to_str().unwrap(), ike, esp, extra_daemon, extra_ike, extra_ipsec);
+    let toml =
+        edit(left_config_full(socket.to_str().unwrap(), ike, esp, extra_daemon, extra_ike, extra_ipsec));
     let t = Tandemd::start(&mut pair.left, dir, &toml);
     // charon keeps a rekeyed CHILD SA (state DELETED) for `delete_rekeyed_delay` (5 s by default)
     // for packets in flight, as tandem does for `rekey-linger`; 1 s, so the rekey tests see the
@@ -786,16 +801,12 @@ fn childless_initiation_against_charon() {
         return;
     }
     let (ike, esp) = ("aes256gcm16-prfsha256-x25519", "aes256gcm16-x25519");
-    let mut pair = Pair::new();
-    let dir = Tandemd::dir_for(&pair.left);
-    let socket = dir.join("tandemd.sock");
-    let toml = left_config_full(socket.to_str().unwrap(), ike, esp, "", "", "")
-        .replace("remote-id = \"b.test\"\n", "remote-id = \"b.test\"\nchildless = \"prefer\"\n");
-    assert!(toml.contains("childless = \"prefer\""), "{toml}");
-    let t = Tandemd::start(&mut pair.left, dir, &toml);
-    let c =
-        Charon::start_with(&mut pair.right, &CharonConfig::right(ike, esp).swanctl_conf(), CHARON_CONF, 2);
-    let b = Bed { t, c, pair };
+    let b = bed_edited(ike, esp, CharonConfig::right(ike, esp), "", "", "", |toml| {
+        let toml =
+            toml.replace("remote-id = \"b.test\"\n", "remote-id = \"b.test\"\nchildless = \"prefer\"\n");
+        assert!(toml.contains("childless = \"prefer\""), "{toml}");
+        toml
+    });
     tandem_initiates(&b);
     assert_agree(&b);
     let log = b.c.log();
