@@ -24,10 +24,37 @@ enum Secret {
 }
 
 /// One side of a key exchange: a private key and its public value in KE payload encoding.
+///
+/// Serializable (group and private key bytes) so that an exchange in flight survives an HA
+/// failover: the standby finishes it when the peer's response arrives. The serialized form holds
+/// the private key: callers keep it in zeroizing buffers and only send it over the encrypted sync
+/// channel.
 pub struct KeyExchange {
     group: DhGroup,
     secret: Secret,
     public: Vec<u8>,
+    /// The private key as drawn (ECDH scalar, MODP exponent), kept for export.
+    private: Zeroizing<Vec<u8>>,
+}
+
+/// The serialized form of a [`KeyExchange`].
+#[derive(serde::Serialize, serde::Deserialize)]
+struct KeyExchangeState {
+    group: DhGroup,
+    private: Zeroizing<Vec<u8>>,
+}
+
+impl serde::Serialize for KeyExchange {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        KeyExchangeState { group: self.group, private: self.private.clone() }.serialize(s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for KeyExchange {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let st = KeyExchangeState::deserialize(d)?;
+        KeyExchange::restore(st.group, &st.private).map_err(serde::de::Error::custom)
+    }
 }
 
 impl std::fmt::Debug for KeyExchange {
@@ -77,15 +104,31 @@ impl KeyExchange {
             for _ in 0..64 {
                 rng.fill(&mut raw);
                 if let Ok(key) = agreement::PrivateKey::from_private_key(alg, &raw) {
-                    return Self::from_ecdh(group, key);
+                    return Self::from_ecdh(group, key, raw);
                 }
             }
             return Err(CryptoError::KeyGeneration);
         }
-        let (params, bits) = modp_params(group);
         let mut raw = Zeroizing::new(vec![0u8; (MODP_EXPONENT_BITS / 8) as usize]);
         rng.fill(&mut raw);
         raw[0] |= 0x80; // full-length exponent
+        Self::from_modp_exponent(group, raw)
+    }
+
+    /// Rebuild a key exchange from its exported private key (an HA standby finishing an exchange
+    /// its active node started). Wrong lengths are refused.
+    pub fn restore(group: DhGroup, private: &[u8]) -> Result<KeyExchange, CryptoError> {
+        if ecdh_alg(group).is_some() {
+            return Self::from_private_key(group, private);
+        }
+        if private.len() != (MODP_EXPONENT_BITS / 8) as usize {
+            return Err(CryptoError::KeyGeneration);
+        }
+        Self::from_modp_exponent(group, Zeroizing::new(private.to_vec()))
+    }
+
+    fn from_modp_exponent(group: DhGroup, raw: Zeroizing<Vec<u8>>) -> Result<KeyExchange, CryptoError> {
+        let (params, bits) = modp_params(group);
         let exponent =
             BoxedUint::from_be_slice(&raw, MODP_EXPONENT_BITS).map_err(|_| CryptoError::KeyGeneration)?;
         let g = BoxedMontyForm::new(
@@ -93,7 +136,7 @@ impl KeyExchange {
             &params,
         );
         let public = g.pow(&exponent).retrieve().to_be_bytes().to_vec();
-        Ok(KeyExchange { group, secret: Secret::Modp { exponent, params, bits }, public })
+        Ok(KeyExchange { group, secret: Secret::Modp { exponent, params, bits }, public, private: raw })
     }
 
     /// Build from a known private key (tests with published vectors). ECDH groups only.
@@ -101,15 +144,19 @@ impl KeyExchange {
         let alg = ecdh_alg(group).ok_or(CryptoError::UnsupportedGroup(group.transform_id()))?;
         let key =
             agreement::PrivateKey::from_private_key(alg, private).map_err(|_| CryptoError::KeyGeneration)?;
-        Self::from_ecdh(group, key)
+        Self::from_ecdh(group, key, Zeroizing::new(private.to_vec()))
     }
 
-    fn from_ecdh(group: DhGroup, key: agreement::PrivateKey) -> Result<KeyExchange, CryptoError> {
+    fn from_ecdh(
+        group: DhGroup,
+        key: agreement::PrivateKey,
+        private: Zeroizing<Vec<u8>>,
+    ) -> Result<KeyExchange, CryptoError> {
         let public = key.compute_public_key().map_err(|_| CryptoError::KeyGeneration)?;
         let bytes = public.as_ref();
         // aws-lc-rs gives 0x04 | x | y for NIST curves; IKEv2 (RFC 5903) sends x | y.
         let public = if group == DhGroup::Curve25519 { bytes.to_vec() } else { bytes[1..].to_vec() };
-        Ok(KeyExchange { group, secret: Secret::Ecdh(key), public })
+        Ok(KeyExchange { group, secret: Secret::Ecdh(key), public, private })
     }
 
     pub fn group(&self) -> DhGroup {
@@ -191,6 +238,23 @@ mod tests {
     fn ecp_rejects_points_off_the_curve() {
         let a = KeyExchange::generate(DhGroup::Ecp256, &mut crate::OsRandom).unwrap();
         assert!(a.compute_shared(&[7u8; 64]).is_err());
+    }
+
+    #[test]
+    fn an_exported_key_exchange_agrees_like_the_original() {
+        for g in DhGroup::ALL {
+            let a = KeyExchange::generate(g, &mut crate::OsRandom).unwrap();
+            let b = KeyExchange::generate(g, &mut crate::OsRandom).unwrap();
+            let json = serde_json::to_vec(&a).unwrap();
+            let a2: KeyExchange = serde_json::from_slice(&json).unwrap();
+            assert_eq!(a2.public_value(), a.public_value(), "{g:?}");
+            assert_eq!(
+                *a2.compute_shared(b.public_value()).unwrap(),
+                *b.compute_shared(a.public_value()).unwrap()
+            );
+        }
+        assert!(KeyExchange::restore(DhGroup::Modp2048, &[1, 2, 3]).is_err());
+        assert!(KeyExchange::restore(DhGroup::Curve25519, &[1, 2, 3]).is_err());
     }
 
     // RFC 7748 section 6.1.

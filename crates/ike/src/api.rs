@@ -154,6 +154,9 @@ pub struct IkeSaInfo {
     pub established_secs: Option<u64>,
     pub rekey_in_secs: Option<u64>,
     pub child_sas: usize,
+    /// Mirrored from the HA active node; this node does not run it (yet).
+    #[serde(default)]
+    pub standby: bool,
 }
 
 /// One CHILD SA as listed by `show child-sa`.
@@ -175,4 +178,7 @@ pub struct ChildSaInfo {
     pub udp_encap: bool,
     pub established_secs: u64,
     pub rekey_in_secs: Option<u64>,
+    /// Mirrored from the HA active node; this node does not run it (yet).
+    #[serde(default)]
+    pub standby: bool,
 }

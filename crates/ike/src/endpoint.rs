@@ -29,6 +29,8 @@ pub enum EngineError {
     UnknownChildSa(u32),
     #[error("vpn {0:?} has no remote address to initiate to")]
     NoRemoteAddress(String),
+    #[error("this node is an HA standby: the active node runs the SAs")]
+    Standby,
     #[error("{0}")]
     Other(String),
 }
@@ -45,6 +47,10 @@ pub struct Stats {
     pub crossed_responses_resent: u64,
     pub cookies_sent: u64,
     pub half_open_dropped: u64,
+    /// Datagrams that reached this node while it was an HA standby (it must not answer them).
+    pub standby_dropped: u64,
+    /// Mirrored CHILD SAs whose configuration reqid differs on this node (see `Reqids::pin`).
+    pub reqid_conflicts: u64,
 }
 
 /// A received message of an existing IKE SA, with its payloads when already decrypted (fragments).
@@ -84,6 +90,9 @@ pub struct Endpoint {
     pub(crate) spawned: Vec<Box<IkeSa>>,
     /// The one source of randomness (see `with_random`).
     pub(crate) rng: Box<dyn Random>,
+    /// HA standby: the table holds mirrored SAs; nothing is sent, timed out or initiated (see
+    /// `standby`).
+    pub(crate) standby: bool,
 }
 
 impl Endpoint {
@@ -121,6 +130,7 @@ impl Endpoint {
             restarts: Vec::new(),
             start_attempts: Default::default(),
             now: None,
+            standby: false,
         }
     }
 
@@ -130,6 +140,10 @@ impl Endpoint {
         self.now = Some(now);
         self.peers = Peers::new(peers);
         self.psks = psks;
+        if self.standby {
+            // The active node applies the reload to the SAs; its snapshots follow.
+            return;
+        }
         let mut removed: Vec<IkeSaId> = self
             .sas
             .values()
@@ -153,6 +167,9 @@ impl Endpoint {
 
     /// Initiate every vpn that has a CHILD SA with start-action `start` and no IKE SA yet.
     pub fn start_configured(&mut self, now: Instant) {
+        if self.standby {
+            return;
+        }
         let names: Vec<String> = self
             .peers
             .iter()
@@ -188,6 +205,10 @@ impl Endpoint {
     /// Feed one received IKE datagram (non-ESP marker already stripped).
     pub fn handle_datagram(&mut self, now: Instant, local: SocketAddr, remote: SocketAddr, data: &[u8]) {
         self.now = Some(now);
+        if self.standby {
+            self.stats.standby_dropped += 1;
+            return;
+        }
         let msg = match Message::parse(data) {
             Ok(m) => m,
             Err(e) => {
@@ -466,9 +487,12 @@ impl Endpoint {
                 self.start_queued(now, &mut sa, q);
             }
         }
-        if let Some(obs) = self.observer.as_mut() {
-            if let Ok(snap) = serde_json::to_vec(&sa) {
-                obs.ike_sa_changed(sa.id, &snap);
+        // Only authenticated SAs are mirrored: an unauthenticated peer must not be able to make
+        // sync traffic (half-open floods).
+        if let (Some(obs), true) = (self.observer.as_mut(), sa.established.is_some()) {
+            match crate::snapshot::encode(&sa, now) {
+                Ok(snap) => obs.ike_sa_changed(sa.id, &snap),
+                Err(e) => warn!(target: "ike", sa = format_args!("{:#018x}", sa.id), "cannot snapshot: {e}"),
             }
         }
         self.sas.commit(sa);
@@ -571,7 +595,7 @@ impl Endpoint {
                 self.tombstones.bury(now, sa.id, mid, d, sa.remote);
             }
         }
-        if let Some(obs) = self.observer.as_mut() {
+        if let (Some(obs), true) = (self.observer.as_mut(), sa.established.is_some()) {
             obs.ike_sa_removed(sa.id);
         }
         let failed = matches!(reason, DownReason::Failed(_) | DownReason::PeerDead);
@@ -599,6 +623,9 @@ impl Endpoint {
     /// Run due timers (retransmissions, rekeys, lifetimes, DPD, restarts).
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = Some(now);
+        if self.standby {
+            return;
+        }
         for id in self.sas.due(now) {
             let Some(mut sa) = self.sas.checkout(&id) else { continue };
             if let Some(d) = sa.rel.due_echo(now) {
@@ -748,11 +775,15 @@ impl Endpoint {
     /// Initiate the vpn (its first CHILD SA in IKE_AUTH, the others with CREATE_CHILD_SA).
     pub fn initiate(&mut self, now: Instant, vpn: &str) -> Result<IkeSaId, EngineError> {
         self.now = Some(now);
+        self.refuse_on_standby()?;
         self.initiate_sa_init(now, vpn)
     }
 
     /// A packet matched a trap policy of `vpn`/`child`: initiate if no negotiation is under way.
     pub fn acquire(&mut self, now: Instant, vpn: &str, child: &str) {
+        if self.standby {
+            return;
+        }
         // The SA in service if there is one, not one a rekey superseded or a Delete is ending.
         let existing = self
             .sas
@@ -786,6 +817,9 @@ impl Endpoint {
 
     /// The dataplane received ESP for an unknown SPI from `remote`: notify the peer (rate-limited).
     pub fn report_invalid_spi(&mut self, now: Instant, remote: IpAddr, spi: u32) {
+        if self.standby {
+            return;
+        }
         if let Some(t) = self.last_invalid_spi.get(&remote) {
             if now < *t + self.config.invalid_spi_interval {
                 return;
@@ -814,6 +848,7 @@ impl Endpoint {
     /// Delete an IKE SA (and its CHILD SAs) with an INFORMATIONAL Delete.
     pub fn terminate_ike_sa(&mut self, now: Instant, id: IkeSaId) -> Result<(), EngineError> {
         self.now = Some(now);
+        self.refuse_on_standby()?;
         let mut sa = self.sas.checkout(&id).ok_or(EngineError::UnknownIkeSa(id))?;
         if sa.state == SaState::Established {
             self.delete_ike_next(now, &mut sa);
@@ -827,6 +862,7 @@ impl Endpoint {
     /// Delete a CHILD SA by either of its SPIs.
     pub fn terminate_child_sa(&mut self, now: Instant, spi: u32) -> Result<(), EngineError> {
         self.now = Some(now);
+        self.refuse_on_standby()?;
         let id = self.sa_of_child(spi).ok_or(EngineError::UnknownChildSa(spi))?;
         let mut sa = self.sas.checkout(&id).ok_or(EngineError::UnknownChildSa(spi))?;
         let spi_in = sa.child_by_spi(spi).map(|i| sa.children[i].spi_in).unwrap_or(spi);
@@ -838,6 +874,7 @@ impl Endpoint {
     /// Start a CHILD SA rekey.
     pub fn rekey_child_sa(&mut self, now: Instant, spi: u32) -> Result<(), EngineError> {
         self.now = Some(now);
+        self.refuse_on_standby()?;
         let id = self.sa_of_child(spi).ok_or(EngineError::UnknownChildSa(spi))?;
         let mut sa = self.sas.checkout(&id).ok_or(EngineError::UnknownChildSa(spi))?;
         let c = sa.child_by_spi(spi).map(|i| (sa.children[i].name.clone(), sa.children[i].spi_in));
@@ -851,6 +888,7 @@ impl Endpoint {
     /// Start an IKE SA rekey.
     pub fn rekey_ike_sa(&mut self, now: Instant, id: IkeSaId) -> Result<(), EngineError> {
         self.now = Some(now);
+        self.refuse_on_standby()?;
         let mut sa = self.sas.checkout(&id).ok_or(EngineError::UnknownIkeSa(id))?;
         self.enqueue(now, &mut sa, Queued::RekeyIke);
         self.finish(now, sa);
@@ -884,6 +922,9 @@ impl Endpoint {
 
     /// The earliest deadline at which `handle_timeout` must be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.standby {
+            return None;
+        }
         let sa_min = self.sas.next_deadline();
         let restart = self.restarts.iter().map(|(t, _)| *t).min();
         [sa_min, restart].into_iter().flatten().min()
@@ -922,6 +963,7 @@ impl Endpoint {
                 established_secs: secs(sa.established),
                 rekey_in_secs: until(sa.rekey_at),
                 child_sas: sa.children.len(),
+                standby: self.standby,
             })
             .collect();
         v.sort_by(|a, b| (&a.vpn, a.id).cmp(&(&b.vpn, b.id)));
@@ -957,6 +999,7 @@ impl Endpoint {
                         (Some(n), Some(t)) => Some(t.saturating_duration_since(n).as_secs()),
                         _ => None,
                     },
+                    standby: self.standby,
                 })
             })
             .collect();

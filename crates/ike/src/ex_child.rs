@@ -142,46 +142,10 @@ impl Endpoint {
             None => self.reqid(&vpn, &child.name),
         };
         let (keys_in, keys_out) = child_directions(keys, we_initiated);
-        // Transport mode across a NAT (RFC 7296 section 2.23.1): the selectors name the hosts'
-        // own addresses, but packets carry the addresses seen on the wire. The SA installed here
-        // protects the outer addresses; the selectors on the wire (and in rekeys) stay as
-        // negotiated.
-        let (dp_local_ts, dp_remote_ts) = if mode == IpsecMode::Transport && (sa.nat_local || sa.nat_remote) {
-            (host_selectors(&local_ts, sa.local.ip()), host_selectors(&remote_ts, sa.remote.ip()))
-        } else {
-            (local_ts.clone(), remote_ts.clone())
-        };
         let lt = child.lifetimes;
-        let udp_encap = sa.local.port() != 500 || sa.nat_local || sa.nat_remote;
-        if dataplane != Install::Not {
-            self.events.push_back(Event::ChildSaUp(Box::new(ChildSaInstall {
-                ike_sa: sa.id,
-                vpn: vpn.clone(),
-                child: child.name.clone(),
-                reqid,
-                spi_in,
-                spi_out,
-                mode,
-                encr: sel.encr,
-                integ: sel.integ,
-                esn: sel.esn,
-                keys_in: keys_in.clone(),
-                keys_out: keys_out.clone(),
-                local_ts: dp_local_ts,
-                remote_ts: dp_remote_ts,
-                local: sa.local,
-                remote: sa.remote,
-                udp_encap,
-                replay_window: child.replay_window,
-                lifetimes: lt,
-                replaces_spi_in: replaces,
-                defer_outbound: dataplane == Install::Deferred,
-                iv_key: Zeroizing::new(self.rng.vec(16)),
-            })));
-        }
-        info!(target: "ike", vpn, child = %child.name, spi_in = format_args!("{spi_in:#010x}"),
-              spi_out = format_args!("{spi_out:#010x}"), "CHILD SA established");
-        sa.children.push(ChildSa {
+        // Drawn before the rekey jitter, as always: seeded runs stay what they were.
+        let iv_key = (dataplane != Install::Not).then(|| Zeroizing::new(self.rng.vec(16)));
+        let c = ChildSa {
             name: child.name.clone(),
             reqid,
             spi_in,
@@ -202,9 +166,62 @@ impl Endpoint {
             created: Some(now),
             rekey_at: lt.rekey_time.map(|r| now + jitter(&mut *self.rng, r, lt.rand_time)),
             expire_at: lt.life_time.map(|l| now + l),
-        });
+        };
+        if let Some(iv_key) = iv_key {
+            let install = install_of(sa, &c, child, dataplane == Install::Deferred, iv_key);
+            self.events.push_back(Event::ChildSaUp(Box::new(install)));
+        }
+        info!(target: "ike", vpn, child = %child.name, spi_in = format_args!("{spi_in:#010x}"),
+              spi_out = format_args!("{spi_out:#010x}"), "CHILD SA established");
+        sa.children.push(c);
     }
+}
 
+/// What the dataplane needs to install CHILD SA `c` of `sa` (configured as `child`): at its
+/// negotiation, and again on an HA standby that takes the SA over.
+pub(crate) fn install_of(
+    sa: &IkeSa,
+    c: &ChildSa,
+    child: &ChildConfig,
+    defer_outbound: bool,
+    iv_key: Zeroizing<Vec<u8>>,
+) -> ChildSaInstall {
+    // Transport mode across a NAT (RFC 7296 section 2.23.1): the selectors name the hosts'
+    // own addresses, but packets carry the addresses seen on the wire. The SA installed here
+    // protects the outer addresses; the selectors on the wire (and in rekeys) stay as
+    // negotiated.
+    let (dp_local_ts, dp_remote_ts) = if c.mode == IpsecMode::Transport && (sa.nat_local || sa.nat_remote) {
+        (host_selectors(&c.local_ts, sa.local.ip()), host_selectors(&c.remote_ts, sa.remote.ip()))
+    } else {
+        (c.local_ts.clone(), c.remote_ts.clone())
+    };
+    ChildSaInstall {
+        ike_sa: sa.id,
+        vpn: sa.vpn.clone().unwrap_or_default(),
+        child: c.name.clone(),
+        reqid: c.reqid,
+        spi_in: c.spi_in,
+        spi_out: c.spi_out,
+        mode: c.mode,
+        encr: c.sel.encr,
+        integ: c.sel.integ,
+        esn: c.sel.esn,
+        keys_in: c.keys_in.clone(),
+        keys_out: c.keys_out.clone(),
+        local_ts: dp_local_ts,
+        remote_ts: dp_remote_ts,
+        local: sa.local,
+        remote: sa.remote,
+        udp_encap: sa.local.port() != 500 || sa.nat_local || sa.nat_remote,
+        replay_window: child.replay_window,
+        lifetimes: child.lifetimes,
+        replaces_spi_in: c.replaces,
+        defer_outbound,
+        iv_key,
+    }
+}
+
+impl Endpoint {
     /// Responder side of a CHILD SA (IKE_AUTH when `exchange_ni` is None, else CREATE_CHILD_SA).
     pub(crate) fn respond_child(
         &mut self,

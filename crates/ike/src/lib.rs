@@ -24,7 +24,9 @@ mod rekey_child;
 pub mod reliability;
 mod reqid;
 pub mod sa;
+pub mod snapshot;
 pub mod spi;
+mod standby;
 mod table;
 mod tombstones;
 mod unique;
@@ -32,6 +34,7 @@ mod unique;
 pub use api::*;
 pub use config::*;
 pub use endpoint::{Endpoint, EngineError};
+pub use standby::Takeover;
 
 /// Engine counters (drops by reason), as shown by `tandemctl status`.
 pub mod endpoint_stats {

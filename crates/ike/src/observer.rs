@@ -3,10 +3,14 @@
 
 use crate::api::IkeSaId;
 
-/// Receives every IKE SA state change. `snapshot` is the serialized (serde_json) full state of the
-/// IKE SA and its CHILD SAs, including keys, Message IDs and the last request/response, from which a
-/// standby will rebuild the SA (the restoring side comes with active/standby sync). Timers are not in
-/// the snapshot: a standby re-arms them from the configured lifetimes when it takes over.
+/// Receives every change of an established IKE SA, after the engine handled a datagram, a timer or
+/// a command, and before the datagrams that change produced are handed out (`poll_transmit`): an
+/// HA layer can hold those until its standby has the state (write-ahead). `snapshot` is the whole
+/// state of the IKE SA and its CHILD SAs (`crate::snapshot`: keys, Message IDs, the outstanding
+/// request and the last response, an in-flight key exchange, every deadline), from which a
+/// standby rebuilds the SA (`Endpoint::mirror`) and takes it over (`Endpoint::take_over`).
+/// Half-open SAs are not reported: their peers are not authenticated, and an attacker must not be
+/// able to make sync traffic. Snapshots hold keys: zeroize copies of them.
 pub trait SaObserver: Send {
     fn ike_sa_changed(&mut self, id: IkeSaId, snapshot: &[u8]);
     fn ike_sa_removed(&mut self, id: IkeSaId);

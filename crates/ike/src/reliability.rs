@@ -45,7 +45,7 @@ pub struct Outstanding {
     pub message_id: u32,
     pub datagrams: Vec<Vec<u8>>,
     pub tries: u32,
-    #[serde(skip)]
+    #[serde(with = "crate::snapshot::deadline", default)]
     pub deadline: Option<Instant>,
     /// The deadline is the early retransmission of a crossed request (see the module doc).
     #[serde(default)]
@@ -62,13 +62,13 @@ pub struct Reliability {
     /// Our response to the peer's last request: (Message ID, datagrams).
     pub last_response: Option<(u32, Vec<Vec<u8>>)>,
     /// When `last_response` was sent.
-    #[serde(skip)]
+    #[serde(with = "crate::snapshot::deadline", default)]
     pub last_response_at: Option<Instant>,
     /// Message ID of a response we sent while our request with the same ID was in flight.
     #[serde(default)]
     pub crossed: Option<u32>,
     /// When to send `last_response` once more (the delayed resend of a crossed response).
-    #[serde(skip)]
+    #[serde(with = "crate::snapshot::deadline", default)]
     pub echo_at: Option<Instant>,
 }
 
@@ -114,6 +114,17 @@ impl Reliability {
             o.deadline = Some(now + cfg.timeout);
             o.early = false;
         }
+    }
+
+    /// HA takeover: this node inherits the SA with a request outstanding (the old active sent it;
+    /// the peer may or may not have it). Returns its bytes to send again now, unchanged (same
+    /// Message ID, same content: RFC 7296 section 2.1), with the retransmission schedule restarted
+    /// but the tries so far kept.
+    pub fn resume(&mut self, now: Instant, cfg: &RetransmitConfig) -> Option<Vec<Vec<u8>>> {
+        let o = self.outstanding.as_mut()?;
+        o.early = false;
+        o.deadline = Some(now + backoff(cfg, o.tries));
+        Some(o.datagrams.clone())
     }
 
     /// A response arrived: true when it answers the outstanding request (which is then cleared).

@@ -58,6 +58,33 @@ impl Reqids {
         }
     }
 
+    /// HA standby: instance reqid `r` is held by a CHILD SA mirrored from the active node, so it
+    /// is never handed out here.
+    pub fn claim_instance(&mut self, r: u32) {
+        self.instance_free.retain(|&x| x != r);
+        self.free.remove(&r);
+        self.next = self.next.max(r);
+        self.instances.insert(r);
+    }
+
+    /// HA standby: the active node numbers `vpn`/`child` as `r`. Returns false (and changes
+    /// nothing) when this node already gave `r` or the pair a different number (their reload
+    /// histories differ; the daemon reports it).
+    pub fn pin(&mut self, vpn: &str, child: &str, r: u32) -> bool {
+        let key = (vpn.to_string(), child.to_string());
+        if let Some(&mine) = self.by_name.get(&key) {
+            return mine == r;
+        }
+        if self.by_name.values().any(|&x| x == r) || self.instances.contains(&r) {
+            return false;
+        }
+        self.free.remove(&r);
+        self.instance_free.retain(|&x| x != r);
+        self.next = self.next.max(r);
+        self.by_name.insert(key, r);
+        true
+    }
+
     /// Release every reqid for which `keep` is false.
     pub fn retain(&mut self, mut keep: impl FnMut(&str, &str, u32) -> bool) {
         let free = &mut self.free;
@@ -85,6 +112,20 @@ mod tests {
         assert_eq!(r.get("d", "y"), 1);
         assert_eq!(r.get("e", "y"), 2);
         assert_eq!(r.get("f", "y"), 4);
+    }
+
+    #[test]
+    fn mirrored_reqids_are_never_handed_out_again() {
+        let mut r = Reqids::default();
+        assert!(r.pin("v", "net", 5));
+        assert_eq!(r.get("v", "net"), 5);
+        assert!(r.pin("v", "net", 5), "the same number again is fine");
+        assert!(!r.pin("v", "net", 6), "a different number for a known pair is a conflict");
+        assert!(!r.pin("w", "net", 5), "a number another pair holds is a conflict");
+        r.claim_instance(9);
+        let mut fresh: BTreeSet<u32> = (0..20).map(|_| r.instance()).collect();
+        fresh.extend((0..5).map(|i| r.get("x", &i.to_string())));
+        assert!(!fresh.contains(&9) && !fresh.contains(&5), "{fresh:?}");
     }
 
     #[test]

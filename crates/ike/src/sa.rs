@@ -1,5 +1,6 @@
-//! State of one IKE SA and its CHILD SAs. Everything except timers and the in-flight key exchange is
-//! serializable, so a standby can later rebuild the SA from an `SaObserver` snapshot.
+//! State of one IKE SA and its CHILD SAs. Everything but caches (SK crypters, fragment reassembly,
+//! the half-open map key) is serializable, deadlines and an in-flight key exchange included, so an
+//! HA standby rebuilds the SA from an `SaObserver` snapshot (see `snapshot`).
 
 use crate::api::{DirectionKeys, IkeSaId};
 use crate::config::{Identity, IpsecMode};
@@ -62,11 +63,11 @@ pub struct ChildSa {
     /// in flight this is not final: our response settles the collision (section 2.8.1).
     #[serde(default)]
     pub peer_successor: Option<u32>,
-    #[serde(skip)]
+    #[serde(with = "crate::snapshot::deadline", default)]
     pub created: Option<Instant>,
-    #[serde(skip)]
+    #[serde(with = "crate::snapshot::deadline", default)]
     pub rekey_at: Option<Instant>,
-    #[serde(skip)]
+    #[serde(with = "crate::snapshot::deadline", default)]
     pub expire_at: Option<Instant>,
 }
 
@@ -96,7 +97,7 @@ pub struct PendingChild {
     /// SPI (inbound) of the CHILD SA this one rekeys.
     pub rekeys_spi_in: Option<u32>,
     pub nonce: Vec<u8>,
-    #[serde(skip)]
+    #[serde(default)]
     pub ke: Option<KeyExchange>,
 }
 
@@ -105,7 +106,7 @@ pub struct PendingChild {
 pub struct PendingIkeRekey {
     pub new_spi: u64,
     pub nonce: Vec<u8>,
-    #[serde(skip)]
+    #[serde(default)]
     pub ke: Option<KeyExchange>,
 }
 
@@ -132,7 +133,7 @@ pub struct ChildRetry {
     pub name: String,
     /// Refusals so far, which set the backoff.
     pub attempt: u32,
-    #[serde(skip)]
+    #[serde(with = "crate::snapshot::deadline", default)]
     pub at: Option<Instant>,
 }
 
@@ -205,7 +206,7 @@ pub struct IkeSa {
     pub superseded: bool,
     /// A superseded SA whose Delete has not come by then is removed by us (the peer's Delete may
     /// have been lost, or the peer expects us to delete it).
-    #[serde(skip)]
+    #[serde(with = "crate::snapshot::deadline", default)]
     pub retire_at: Option<Instant>,
     /// Our IKE SA rekey was refused (TEMPORARY_FAILURE) and waits for its retry at `rekey_at`:
     /// until then our CHILD SA exchanges wait too, so that they cannot refuse the peer's IKE
@@ -227,9 +228,9 @@ pub struct IkeSa {
     pub frag_supported: bool,
     #[serde(skip)]
     pub reassembly: tandem_wire::fragment::FragmentReassembler,
-    #[serde(skip)]
+    #[serde(default)]
     pub ke: Option<KeyExchange>,
-    #[serde(skip)]
+    #[serde(with = "crate::snapshot::deadline", default)]
     pub created: Option<Instant>,
     /// The SK crypters, built on first use once the keys exist (keys never change afterwards: a
     /// rekey makes a new SA), instead of for every message.
@@ -238,15 +239,15 @@ pub struct IkeSa {
     /// Key of this responder SA in the endpoint's half-open map, until it is established.
     #[serde(skip)]
     pub half_open_key: Option<(u64, std::net::SocketAddr)>,
-    #[serde(skip)]
+    #[serde(with = "crate::snapshot::deadline", default)]
     pub established: Option<Instant>,
-    #[serde(skip)]
+    #[serde(with = "crate::snapshot::deadline", default)]
     pub last_received: Option<Instant>,
-    #[serde(skip)]
+    #[serde(with = "crate::snapshot::deadline", default)]
     pub rekey_at: Option<Instant>,
-    #[serde(skip)]
+    #[serde(with = "crate::snapshot::deadline", default)]
     pub expire_at: Option<Instant>,
-    #[serde(skip)]
+    #[serde(with = "crate::snapshot::deadline", default)]
     pub dpd_at: Option<Instant>,
 }
 

@@ -4,14 +4,19 @@
 //! harness checks the safety properties of ENGINE.md section 3; at the end it heals the network and
 //! checks the end state (one IKE SA and one CHILD SA per policy on both sides, crosswise-agreeing).
 
+// Shared by several test binaries, each using a part.
+#![allow(dead_code)]
+
 pub mod dataplane;
 pub mod engine_log;
 pub mod net;
+pub mod scenario;
 
 use dataplane::DataplaneModel;
 use net::{LinkModel, Network, Packet};
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tandem_crypto::{Random, SeededRandom};
 use tandem_ike::*;
@@ -22,6 +27,50 @@ pub struct Node {
     pub addr: SocketAddr,
     pub dp: DataplaneModel,
     pub events: Vec<Event>,
+    /// False once killed: it gets no datagram and no timer, and what it had queued is lost.
+    pub alive: bool,
+    /// HA active: the snapshots its observer produced, and the standby that mirrors them.
+    pub sync: Option<(SyncQueue, usize)>,
+}
+
+/// What an active node's observer reports, in order.
+pub enum SyncMsg {
+    Changed(IkeSaId, Vec<u8>),
+    Removed(IkeSaId),
+}
+
+pub type SyncQueue = Arc<Mutex<VecDeque<SyncMsg>>>;
+
+/// The sync channel of the simulation: a perfect, ordered queue to the standby, applied before any
+/// datagram of the same step leaves the active (the write-ahead rule of guides/HA.md section b).
+pub struct QueueObserver(pub SyncQueue);
+
+impl SaObserver for QueueObserver {
+    fn ike_sa_changed(&mut self, id: IkeSaId, snapshot: &[u8]) {
+        self.0.lock().unwrap().push_back(SyncMsg::Changed(id, snapshot.to_vec()));
+    }
+    fn ike_sa_removed(&mut self, id: IkeSaId) {
+        self.0.lock().unwrap().push_back(SyncMsg::Removed(id));
+    }
+}
+
+/// Where inside one call into the active node it dies (guides/HA.md section i, kill points).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KillMode {
+    /// State changed, nothing synced, nothing sent (K1).
+    BeforeSync,
+    /// Synced and applied by the standby, the datagrams not yet released (K3).
+    BeforeSend,
+    /// Synced and sent (K4).
+    AfterSend,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Kill {
+    pub node: usize,
+    /// The first call into the node at or after this time is its last.
+    pub after: Duration,
+    pub mode: KillMode,
 }
 
 /// Key of a request on the wire: (SPIi, SPIr, sent by the original initiator, Message ID).
@@ -46,6 +95,22 @@ pub struct Sim {
     /// Pings count only once both sides have had an outbound SA.
     counting: bool,
     drains: u64,
+    pub kill: Option<Kill>,
+    /// When the kill happened, and what the standby's takeover did.
+    pub killed_at: Option<Duration>,
+    pub takeover: Option<Takeover>,
+    /// What the killed node had in flight: its IKE SAs' outstanding requests as "exchange".
+    pub in_flight_at_kill: Vec<String>,
+    /// IKE_SA_INIT requests sent after the kill: a failover must not make anyone renegotiate.
+    pub inits_after_kill: u64,
+    /// At the kill, some node outside the HA pair had an IKE SA still connecting: that one is
+    /// not mirrored (unauthenticated), so its initiator starts over, legitimately.
+    pub handshake_at_kill: bool,
+    /// Inbound SPIs of pairs the killed node's dataplane kept lingering after the engine removed
+    /// them. Only the engine's state is synced so far, not the SAD's (issue 10: SAD-only state),
+    /// so the new active lacks them: pings in flight on them are counted here, not as violations.
+    pub unsynced_linger: std::collections::BTreeSet<u32>,
+    pub pings_lost_to_linger: u64,
 }
 
 pub const TRACE_LINES: usize = 60;
@@ -69,6 +134,8 @@ impl Sim {
                     addr,
                     dp: DataplaneModel::new(Duration::from_secs(5)),
                     events: vec![],
+                    alive: true,
+                    sync: None,
                 })
                 .collect(),
             net: Network::new(seed ^ 0x6e65_7477_6f72_6b00, n, link),
@@ -85,7 +152,99 @@ impl Sim {
             ping_id: 0,
             counting: false,
             drains: 0,
+            kill: None,
+            killed_at: None,
+            takeover: None,
+            in_flight_at_kill: Vec::new(),
+            inits_after_kill: 0,
+            handshake_at_kill: false,
+            unsynced_linger: Default::default(),
+            pings_lost_to_linger: 0,
         }
+    }
+
+    /// Make `standby` mirror `active` (HA): the active's observer feeds the standby's table.
+    pub fn mirror(&mut self, active: usize, standby: usize) {
+        let q: SyncQueue = Arc::default();
+        self.nodes[active].ep.set_observer(Box::new(QueueObserver(q.clone())));
+        self.nodes[active].sync = Some((q, standby));
+        self.nodes[standby].ep.set_standby();
+    }
+
+    /// Apply what node `i` synced so far to its standby.
+    fn apply_sync(&mut self, i: usize) {
+        let Some((q, to)) = self.nodes[i].sync.clone() else { return };
+        let msgs: Vec<SyncMsg> = q.lock().unwrap().drain(..).collect();
+        let at = self.at();
+        for m in msgs {
+            match m {
+                SyncMsg::Changed(id, bytes) => match self.nodes[to].ep.mirror(at, &bytes) {
+                    Ok(_) => self.log(format!("{to} mirror {id:#018x} ({} bytes)", bytes.len())),
+                    Err(e) => self.violate(format!("node {to} cannot mirror {id:#018x}: {e}")),
+                },
+                SyncMsg::Removed(id) => {
+                    self.nodes[to].ep.unmirror(id);
+                    self.log(format!("{to} unmirror {id:#018x}"));
+                }
+            }
+        }
+    }
+
+    /// After each call into node `i`: is this where it dies?
+    fn maybe_kill(&mut self, i: usize) {
+        let Some(k) = self.kill else { return };
+        if k.node != i || !self.nodes[i].alive || self.now < k.after {
+            return;
+        }
+        self.kill = None;
+        self.in_flight_at_kill = self.nodes[i]
+            .ep
+            .ike_sas()
+            .iter()
+            .filter(|sa| sa.state != IkeSaState::Established || sa.child_sas == 0)
+            .map(|sa| format!("{:?}", sa.state))
+            .collect();
+        let (mine, standby) = (i, self.nodes[i].sync.as_ref().map(|s| s.1));
+        self.handshake_at_kill =
+            (0..self.nodes.len()).filter(|&j| j != mine && Some(j) != standby).any(|j| {
+                self.nodes[j].ep.ike_sas().iter().any(|sa| sa.state == IkeSaState::Connecting)
+                    || self.nodes[j].ep.ike_sas().is_empty()
+            });
+        match k.mode {
+            KillMode::BeforeSync => {
+                if let Some((q, _)) = &self.nodes[i].sync {
+                    q.lock().unwrap().clear();
+                }
+            }
+            KillMode::BeforeSend => self.apply_sync(i),
+            KillMode::AfterSend => self.drain(),
+        }
+        while self.nodes[i].ep.poll_transmit().is_some() {}
+        while self.nodes[i].ep.poll_event().is_some() {}
+        self.nodes[i].alive = false;
+        self.killed_at = Some(self.now);
+        self.log(format!("KILL node {i} ({:?})", k.mode));
+        if let Some((_, to)) = self.nodes[i].sync.clone() {
+            let at = self.at();
+            let t = self.nodes[to].ep.take_over(at);
+            self.log(format!("{to} takes over: {t:?}"));
+            self.takeover = Some(t);
+            self.drain();
+            // Pairs the old active's dataplane still accepted that the new one did not install:
+            // removed by the engine (synced) but lingering in the SAD (not synced yet).
+            let installed = &self.nodes[to].dp.pairs;
+            self.unsynced_linger =
+                self.nodes[i].dp.pairs.keys().filter(|spi| !installed.contains_key(spi)).copied().collect();
+        }
+        self.drain();
+    }
+
+    /// The live node answering for node `i`'s address (itself, or the standby that took over).
+    pub fn owner(&self, i: usize) -> Option<usize> {
+        if self.nodes[i].alive {
+            return Some(i);
+        }
+        self.node_of(self.nodes[i].addr)
     }
 
     pub fn at(&self) -> Instant {
@@ -132,8 +291,9 @@ impl Sim {
         self.first_trace.clone().unwrap_or_else(|| self.trace_now())
     }
 
+    /// The live node with this address (an HA pair shares one: the active answers).
     fn node_of(&self, addr: SocketAddr) -> Option<usize> {
-        self.nodes.iter().position(|n| n.addr.ip() == addr.ip())
+        self.nodes.iter().position(|n| n.alive && !n.ep.is_standby() && n.addr.ip() == addr.ip())
     }
 
     /// Record a datagram leaving node `from` and check Message ID use.
@@ -149,6 +309,12 @@ impl Sim {
             h.spi_r,
             data.len()
         ));
+        if h.exchange == tandem_wire::ExchangeType::IKE_SA_INIT
+            && !h.is_response()
+            && self.killed_at.is_some()
+        {
+            self.inits_after_kill += 1;
+        }
         if h.spi_r == 0 {
             return; // IKE_SA_INIT before the responder's SPI exists (retried with cookie or KE)
         }
@@ -191,6 +357,11 @@ impl Sim {
             self.check_tables();
         }
         for i in 0..self.nodes.len() {
+            if !self.nodes[i].alive {
+                continue;
+            }
+            // Write-ahead: the standby has what the datagrams below were made from.
+            self.apply_sync(i);
             while let Some(t) = self.nodes[i].ep.poll_transmit() {
                 self.observe_ike(i, &t.data);
                 match self.node_of(t.remote) {
@@ -216,7 +387,7 @@ impl Sim {
         if let Some(n) = self.net.next_time() {
             t = t.min(n);
         }
-        for n in &self.nodes {
+        for n in self.nodes.iter().filter(|n| n.alive) {
             if let Some(d) = n.ep.poll_timeout() {
                 t = t.min(d.saturating_duration_since(self.start));
             }
@@ -255,17 +426,26 @@ impl Sim {
             assert!(steps < 5_000_000, "seed {}: simulation did not make progress", self.seed);
             self.now = t;
             let at = self.at();
-            while let Some(d) = self.net.pop_due(self.now) {
+            while let Some(mut d) = self.net.pop_due(self.now) {
+                // A datagram for a dead node goes to whoever holds its address now, if anyone.
+                match self.owner(d.to) {
+                    Some(to) => d.to = to,
+                    None => continue,
+                }
                 match d.payload {
                     Packet::Ike(data) => {
                         let (local, remote) = (self.nodes[d.to].addr, self.nodes[d.from].addr);
                         let ep = &mut self.nodes[d.to].ep;
                         let lines = engine_log::capture(|| ep.handle_datagram(at, local, remote, &data));
                         self.log_engine(d.to, lines);
+                        self.maybe_kill(d.to);
                     }
                     Packet::Esp { spi, key, id } => {
                         if let Err(e) = self.nodes[d.to].dp.receive(self.now, spi, &key) {
-                            if self.counting {
+                            if self.killed_at.is_some() && self.unsynced_linger.contains(&spi) {
+                                self.pings_lost_to_linger += 1;
+                                self.log(format!("ping {id} lost on a lingering SA of the killed node: {e}"));
+                            } else if self.counting {
                                 self.pings_lost += 1;
                                 self.violate(format!("ping {id} {}->{} lost: {e}", d.from, d.to));
                             }
@@ -275,10 +455,11 @@ impl Sim {
                 self.drain();
             }
             for i in 0..self.nodes.len() {
-                if self.nodes[i].ep.poll_timeout().is_some_and(|d| d <= at) {
+                if self.nodes[i].alive && self.nodes[i].ep.poll_timeout().is_some_and(|d| d <= at) {
                     let ep = &mut self.nodes[i].ep;
                     let lines = engine_log::capture(|| ep.handle_timeout(at));
                     self.log_engine(i, lines);
+                    self.maybe_kill(i);
                 }
             }
             self.drain();
@@ -293,13 +474,17 @@ impl Sim {
     }
 
     fn ping(&mut self, reqids: &[(usize, usize, u32, u32)]) {
-        let ready = reqids.iter().all(|&(a, b, ra, rb)| {
-            self.nodes[a].dp.outbound(ra).is_some() && self.nodes[b].dp.outbound(rb).is_some()
+        let ready = reqids.iter().all(|&(a, b, ra, rb)| match (self.owner(a), self.owner(b)) {
+            (Some(a), Some(b)) => {
+                self.nodes[a].dp.outbound(ra).is_some() && self.nodes[b].dp.outbound(rb).is_some()
+            }
+            _ => false,
         });
         if ready {
             self.counting = true;
         }
         for &(a, b, ra, rb) in reqids {
+            let (Some(a), Some(b)) = (self.owner(a), self.owner(b)) else { continue };
             for (from, to, reqid) in [(a, b, ra), (b, a, rb)] {
                 self.ping_id += 1;
                 let id = self.ping_id;
@@ -325,7 +510,7 @@ impl Sim {
     /// Run until no node has work pending and no IKE datagram is in flight (or `limit`).
     pub fn settle(&mut self, limit: Duration) -> bool {
         while self.now < limit {
-            if self.nodes.iter().all(|n| n.ep.is_idle()) && !self.net.ike_in_flight() {
+            if self.nodes.iter().filter(|n| n.alive).all(|n| n.ep.is_idle()) && !self.net.ike_in_flight() {
                 self.check_tables();
                 return true;
             }

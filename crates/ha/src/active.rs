@@ -1,0 +1,313 @@
+//! The active node's side of the sync: numbers what the engine reports, holds each datagram until
+//! the standby has applied the state behind it (write-ahead), keeps the sequence-number leases,
+//! and runs the bulk transfer when a standby (re)joins.
+
+use crate::lease::{LeaseBook, LeaseOutcome};
+use crate::msg::SyncMsg;
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+use tracing::{info, warn};
+use zeroize::Zeroizing;
+
+/// Where the standby stands, as seen from the active.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PeerState {
+    /// No sync connection: solo mode (nothing is held back).
+    Down,
+    /// Connected; the bulk transfer is not acknowledged yet.
+    Syncing,
+    /// Connected and current: datagrams wait for its acks.
+    InSync,
+}
+
+/// Counters shown by `tandemctl ha status`.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct ActiveStats {
+    pub snapshots: u64,
+    pub removals: u64,
+    pub leases_asked: u64,
+    pub rekeys_for_lease: u64,
+    pub datagrams_held: u64,
+    pub ack_timeouts: u64,
+    pub bulk_transfers: u64,
+}
+
+/// What [`ActiveSync`] releases or asks for after an input.
+#[derive(Debug, Default)]
+pub struct Released<T> {
+    /// Datagrams whose state the standby has: send them now, in this order.
+    pub datagrams: Vec<T>,
+    /// Dataplane ceilings to raise: (inbound SPI, ceiling).
+    pub ceilings: Vec<(u32, u64)>,
+    /// CHILD SAs to rekey (their lease cannot grow while the standby is away).
+    pub rekeys: Vec<u32>,
+}
+
+/// One IKE SA for the bulk transfer: its snapshot and its CHILD SAs as (inbound SPI, outbound
+/// `last_seq`).
+pub struct BulkSa {
+    pub id: u64,
+    pub snapshot: Zeroizing<Vec<u8>>,
+    pub children: Vec<(u32, u64)>,
+}
+
+pub struct ActiveSync<T> {
+    /// Last sequence number given to a message.
+    seq: u64,
+    /// Highest sequence number the standby acknowledged.
+    acked: u64,
+    state: PeerState,
+    /// Sequence number of the `BulkDone` whose ack makes the standby current.
+    bulk_done: Option<u64>,
+    outbox: VecDeque<SyncMsg>,
+    /// Datagrams waiting for an ack of this sequence number, with when they were held.
+    held: VecDeque<(u64, Instant, T)>,
+    ack_timeout: Duration,
+    pub leases: LeaseBook,
+    pub stats: ActiveStats,
+}
+
+impl<T> ActiveSync<T> {
+    /// `oseq_shift` and `ack_timeout` come from `[ha]`.
+    pub fn new(oseq_shift: u64, ack_timeout: Duration) -> Self {
+        ActiveSync {
+            seq: 0,
+            acked: 0,
+            state: PeerState::Down,
+            bulk_done: None,
+            outbox: VecDeque::new(),
+            held: VecDeque::new(),
+            ack_timeout,
+            leases: LeaseBook::new(oseq_shift),
+            stats: ActiveStats::default(),
+        }
+    }
+
+    pub fn state(&self) -> PeerState {
+        self.state
+    }
+
+    /// Messages not yet acknowledged (the lag).
+    pub fn lag(&self) -> u64 {
+        self.seq - self.acked
+    }
+
+    fn connected(&self) -> bool {
+        self.state != PeerState::Down
+    }
+
+    fn next(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    /// The next message to send over the sync link.
+    pub fn poll_send(&mut self) -> Option<SyncMsg> {
+        self.outbox.pop_front()
+    }
+
+    /// The engine's observer reported an IKE SA change.
+    pub fn ike_sa_changed(&mut self, id: u64, snapshot: &[u8]) {
+        if !self.connected() {
+            return;
+        }
+        self.stats.snapshots += 1;
+        let seq = self.next();
+        self.outbox.push_back(SyncMsg::IkeSa { seq, id, snapshot: Zeroizing::new(snapshot.to_vec()) });
+    }
+
+    /// The engine's observer reported an IKE SA gone.
+    pub fn ike_sa_removed(&mut self, id: u64) {
+        if !self.connected() {
+            return;
+        }
+        self.stats.removals += 1;
+        let seq = self.next();
+        self.outbox.push_back(SyncMsg::IkeSaRemoved { seq, id });
+    }
+
+    /// A datagram the engine produced: `Some` to send it now, `None` when it is held until the
+    /// standby acknowledges the state it came from (see [`ActiveSync::ack`]).
+    pub fn transmit(&mut self, now: Instant, t: T) -> Option<T> {
+        if self.state != PeerState::InSync || self.acked >= self.seq {
+            return Some(t);
+        }
+        self.stats.datagrams_held += 1;
+        self.held.push_back((self.seq, now, t));
+        None
+    }
+
+    /// A CHILD SA was installed with its first outbound sequence number `next_seq` (1, or where a
+    /// takeover resumes it): the ceiling to install its outbound SA with.
+    pub fn child_sa_installed(&mut self, spi_in: u32, next_seq: u64) -> u64 {
+        let connected = self.connected();
+        self.leases.add_from(spi_in, next_seq, connected)
+    }
+
+    pub fn child_sa_removed(&mut self, spi_in: u32) {
+        self.leases.remove(spi_in);
+    }
+
+    /// Look at one outbound SA's counter (call it often: every few milliseconds per busy SA).
+    pub fn check_lease(&mut self, spi_in: u32, last_seq: u64, out: &mut Released<T>) {
+        let up = self.connected();
+        match self.leases.check(spi_in, last_seq, up, &mut self.seq) {
+            LeaseOutcome::Ask { spi_in, seq, ceiling } => {
+                self.stats.leases_asked += 1;
+                self.outbox.push_back(SyncMsg::Lease { seq, spi_in, ceiling });
+            }
+            LeaseOutcome::Raise { spi_in, ceiling } => out.ceilings.push((spi_in, ceiling)),
+            LeaseOutcome::Rekey { spi_in } => {
+                self.stats.rekeys_for_lease += 1;
+                out.rekeys.push(spi_in);
+            }
+            LeaseOutcome::Nothing => {}
+        }
+    }
+
+    /// The standby applied everything up to `seq`.
+    pub fn ack(&mut self, seq: u64) -> Released<T> {
+        let mut out = Released { datagrams: Vec::new(), ceilings: Vec::new(), rekeys: Vec::new() };
+        if seq <= self.acked || seq > self.seq {
+            return out;
+        }
+        self.acked = seq;
+        if self.bulk_done.is_some_and(|b| b <= seq) {
+            self.bulk_done = None;
+            self.state = PeerState::InSync;
+            info!(target: "ha", seq, "standby in sync");
+        }
+        while self.held.front().is_some_and(|(s, _, _)| *s <= seq) {
+            if let Some((_, _, t)) = self.held.pop_front() {
+                out.datagrams.push(t);
+            }
+        }
+        for o in self.leases.acked(seq) {
+            if let LeaseOutcome::Raise { spi_in, ceiling } = o {
+                out.ceilings.push((spi_in, ceiling));
+            }
+        }
+        out
+    }
+
+    /// Datagrams held longer than `ack-timeout`: the standby is too slow to keep up, so it is
+    /// treated as gone (solo mode) and everything held leaves. It rejoins through a bulk sync.
+    pub fn tick(&mut self, now: Instant) -> Released<T> {
+        let late =
+            self.held.front().is_some_and(|(_, t, _)| now.saturating_duration_since(*t) > self.ack_timeout);
+        if !late {
+            return Released { datagrams: Vec::new(), ceilings: Vec::new(), rekeys: Vec::new() };
+        }
+        self.stats.ack_timeouts += 1;
+        warn!(target: "ha", lag = self.lag(), "standby did not acknowledge within the ack timeout: going solo");
+        self.link_down()
+    }
+
+    /// When the next `tick` may have work.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.held.front().map(|(_, t, _)| *t + self.ack_timeout)
+    }
+
+    /// The sync connection is gone: solo mode; everything held leaves now.
+    pub fn link_down(&mut self) -> Released<T> {
+        self.state = PeerState::Down;
+        self.bulk_done = None;
+        self.outbox.clear();
+        self.leases.link_down();
+        self.acked = self.seq;
+        Released {
+            datagrams: self.held.drain(..).map(|(_, _, t)| t).collect(),
+            ceilings: Vec::new(),
+            rekeys: Vec::new(),
+        }
+    }
+
+    /// A standby connected: send it everything, every established IKE SA. Each SA's leases go
+    /// before its snapshot, so the standby never holds a CHILD SA without its lease.
+    pub fn start_bulk(&mut self, sas: Vec<BulkSa>) {
+        self.state = PeerState::Syncing;
+        self.stats.bulk_transfers += 1;
+        let seq = self.next();
+        self.outbox.push_back(SyncMsg::BulkStart { seq });
+        let n = sas.len();
+        for BulkSa { id, snapshot, children } in sas {
+            for (spi_in, last_seq) in children {
+                let seq = self.seq + 1;
+                if let Some(ceiling) = self.leases.reannounce(spi_in, last_seq, seq) {
+                    self.seq = seq;
+                    self.outbox.push_back(SyncMsg::Lease { seq, spi_in, ceiling });
+                }
+            }
+            let seq = self.next();
+            self.outbox.push_back(SyncMsg::IkeSa { seq, id, snapshot });
+        }
+        let seq = self.next();
+        self.bulk_done = Some(seq);
+        self.outbox.push_back(SyncMsg::BulkDone { seq });
+        info!(target: "ha", ike_sas = n, "bulk sync to the standby started");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t0() -> Instant {
+        // The unit tests' fake clock starts at one real instant.
+        #[allow(clippy::disallowed_methods)]
+        Instant::now()
+    }
+
+    #[test]
+    fn datagrams_wait_for_the_ack_of_their_state() {
+        let now = t0();
+        let mut a: ActiveSync<&str> = ActiveSync::new(1000, Duration::from_millis(50));
+        assert_eq!(a.transmit(now, "solo"), Some("solo"), "no standby: nothing held");
+        a.start_bulk(vec![]);
+        while a.poll_send().is_some() {}
+        a.ack(2);
+        assert_eq!(a.state(), PeerState::InSync);
+        assert_eq!(a.transmit(now, "x"), Some("x"), "nothing unacknowledged");
+        a.ike_sa_changed(9, b"snap");
+        assert!(matches!(a.poll_send(), Some(SyncMsg::IkeSa { seq: 3, id: 9, .. })));
+        assert_eq!(a.transmit(now, "resp"), None);
+        a.ike_sa_changed(9, b"snap2");
+        assert_eq!(a.transmit(now, "req"), None);
+        assert_eq!(a.ack(3).datagrams, vec!["resp"]);
+        assert_eq!(a.ack(4).datagrams, vec!["req"]);
+    }
+
+    #[test]
+    fn a_silent_standby_is_dropped_after_the_ack_timeout() {
+        let now = t0();
+        let mut a: ActiveSync<u8> = ActiveSync::new(1000, Duration::from_millis(50));
+        a.start_bulk(vec![]);
+        a.ack(2);
+        a.ike_sa_changed(1, b"s");
+        assert_eq!(a.transmit(now, 1), None);
+        assert!(a.tick(now + Duration::from_millis(10)).datagrams.is_empty());
+        assert_eq!(a.tick(now + Duration::from_millis(60)).datagrams, vec![1]);
+        assert_eq!(a.state(), PeerState::Down);
+        assert_eq!(a.transmit(now, 2), Some(2));
+    }
+
+    #[test]
+    fn bulk_sends_leases_before_their_snapshot() {
+        let mut a: ActiveSync<u8> = ActiveSync::new(100, Duration::from_millis(50));
+        a.child_sa_installed(5, 1);
+        a.start_bulk(vec![BulkSa {
+            id: 1,
+            snapshot: Zeroizing::new(b"s".to_vec()),
+            children: vec![(5, 70)],
+        }]);
+        let sent: Vec<SyncMsg> = std::iter::from_fn(|| a.poll_send()).collect();
+        assert!(matches!(sent[0], SyncMsg::BulkStart { seq: 1 }));
+        assert_eq!(sent[1], SyncMsg::Lease { seq: 2, spi_in: 5, ceiling: 170 });
+        assert!(matches!(sent[2], SyncMsg::IkeSa { seq: 3, id: 1, .. }));
+        assert_eq!(sent[3], SyncMsg::BulkDone { seq: 4 });
+        let r = a.ack(4);
+        assert_eq!(r.ceilings, vec![(5, 170)]);
+        assert_eq!(a.state(), PeerState::InSync);
+    }
+}

@@ -1,0 +1,117 @@
+//! The standby node's side of the sync: applies what the active sends to a standby `Endpoint`,
+//! keeps the leases, acknowledges what it applied, and says where each outbound SA resumes after a
+//! takeover.
+
+use crate::lease::resume_at;
+use crate::msg::SyncMsg;
+use std::collections::HashMap;
+use std::time::Instant;
+use tandem_ike::Endpoint;
+use tracing::{info, warn};
+
+/// Counters shown by `tandemctl ha status`.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct StandbyStats {
+    pub applied: u64,
+    pub snapshots_refused: u64,
+    pub out_of_order: u64,
+    pub bulk_transfers: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StandbyError {
+    /// A message was lost or reordered: the mirror may miss a change, so it must be rebuilt
+    /// (reconnect and bulk sync).
+    #[error("sync message {got} after {applied}: resync needed")]
+    Gap { applied: u64, got: u64 },
+}
+
+pub struct StandbySync {
+    shift: u64,
+    /// Last sequence number applied.
+    applied: u64,
+    /// Ceilings acknowledged, by inbound SPI.
+    leases: HashMap<u32, u64>,
+    /// A bulk transfer is complete since the last (re)connection.
+    in_sync: bool,
+    pub stats: StandbyStats,
+}
+
+impl StandbySync {
+    pub fn new(oseq_shift: u64) -> Self {
+        StandbySync {
+            shift: oseq_shift.max(2),
+            applied: 0,
+            leases: HashMap::new(),
+            in_sync: false,
+            stats: StandbyStats::default(),
+        }
+    }
+
+    /// Everything the active sent since the last bulk transfer began is applied.
+    pub fn in_sync(&self) -> bool {
+        self.in_sync
+    }
+
+    /// A new connection: numbering restarts with the active's bulk transfer.
+    pub fn link_up(&mut self) {
+        self.applied = 0;
+        self.in_sync = false;
+    }
+
+    /// Apply one message from the active. Returns the ack to send, if any.
+    pub fn handle(
+        &mut self,
+        now: Instant,
+        ep: &mut Endpoint,
+        msg: SyncMsg,
+    ) -> Result<Option<SyncMsg>, StandbyError> {
+        let Some(seq) = msg.seq() else { return Ok(None) };
+        let bulk_start = matches!(msg, SyncMsg::BulkStart { .. });
+        if seq != self.applied + 1 && !bulk_start {
+            self.stats.out_of_order += 1;
+            return Err(StandbyError::Gap { applied: self.applied, got: seq });
+        }
+        match msg {
+            SyncMsg::BulkStart { .. } => {
+                // Start from nothing: what was mirrored before may be gone on the active.
+                let ids: Vec<u64> = ep.ike_sas().iter().map(|s| s.id).collect();
+                for id in ids {
+                    ep.unmirror(id);
+                }
+                self.leases.clear();
+                self.in_sync = false;
+                self.stats.bulk_transfers += 1;
+            }
+            SyncMsg::BulkDone { .. } => {
+                self.in_sync = true;
+                info!(target: "ha", ike_sas = ep.ike_sas().len(), leases = self.leases.len(), "mirror complete");
+            }
+            SyncMsg::IkeSa { id, snapshot, .. } => {
+                if let Err(e) = ep.mirror(now, &snapshot) {
+                    self.stats.snapshots_refused += 1;
+                    warn!(target: "ha", sa = format_args!("{id:#018x}"), "snapshot not applied: {e}");
+                }
+            }
+            SyncMsg::IkeSaRemoved { id, .. } => {
+                for c in ep.child_sas().iter().filter(|c| c.ike_sa == id) {
+                    self.leases.remove(&c.spi_in);
+                }
+                ep.unmirror(id);
+            }
+            SyncMsg::Lease { spi_in, ceiling, .. } => {
+                let l = self.leases.entry(spi_in).or_default();
+                *l = (*l).max(ceiling);
+            }
+            SyncMsg::Hello { .. } | SyncMsg::Ack { .. } => {}
+        }
+        self.applied = seq;
+        self.stats.applied += 1;
+        Ok(Some(SyncMsg::Ack { seq }))
+    }
+
+    /// Where the outbound SA of this CHILD SA resumes after a takeover.
+    pub fn resume_seq(&self, spi_in: u32) -> u64 {
+        resume_at(self.leases.get(&spi_in).copied(), self.shift)
+    }
+}

@@ -1,0 +1,151 @@
+//! HA: the standby role and the takeover (issue 10, guides/HA.md section c).
+//!
+//! A standby's table holds the SAs mirrored from the active node, decoded from the snapshots the
+//! active's [`SaObserver`](crate::SaObserver) produced, deadlines and all. While standby the
+//! endpoint sends nothing, runs no timer, initiates nothing and answers no datagram: the SAs are
+//! the active's, and a second voice on them would break the peer's Message ID sequence.
+//! [`Endpoint::take_over`] makes them this node's own at once: every IKE SA resumes exactly where
+//! the last snapshot left it, its outstanding request (if any) is sent again byte for byte, and
+//! the dataplane is told of every CHILD SA to install. The peer sees no new exchange.
+
+use crate::api::{Event, IkeSaId};
+use crate::endpoint::{Endpoint, EngineError};
+use crate::sa::SaState;
+use crate::snapshot::{self, SnapshotError};
+use std::time::Instant;
+use tracing::{info, warn};
+use zeroize::Zeroizing;
+
+/// What a takeover did, for the log and `tandemctl ha status`.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Takeover {
+    /// IKE SAs now run by this node.
+    pub ike_sas: usize,
+    /// CHILD SAs handed to the dataplane.
+    pub child_sas: usize,
+    /// Outstanding requests of the old active sent again.
+    pub retransmitted: usize,
+    /// Mirrored SAs not taken: not established, or of a vpn this node has no configuration for.
+    pub dropped: usize,
+}
+
+impl Endpoint {
+    /// Become an HA standby: from now on the endpoint only mirrors. Call it before anything else
+    /// happens on a node that boots as standby (no vpn is started, no timer runs).
+    pub fn set_standby(&mut self) {
+        self.standby = true;
+    }
+
+    pub fn is_standby(&self) -> bool {
+        self.standby
+    }
+
+    pub(crate) fn refuse_on_standby(&self) -> Result<(), EngineError> {
+        if self.standby {
+            Err(EngineError::Standby)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Standby: store (or replace) the mirrored SA of a snapshot received at `now`. Returns the
+    /// SA's id. Half-open SAs are refused: the active never sends them (their peers are not
+    /// authenticated), and one would be an orphan after a takeover.
+    pub fn mirror(&mut self, now: Instant, bytes: &[u8]) -> Result<IkeSaId, SnapshotError> {
+        let sa = snapshot::decode(bytes, now)?;
+        if sa.established.is_none() {
+            return Err(SnapshotError::NotEstablished);
+        }
+        let id = sa.id;
+        if self.sas.contains(&id) {
+            self.sas.discard(id);
+        }
+        let instance = sa.vpn.as_deref().and_then(|v| self.peer(v)).is_some_and(|p| p.reqid_per_sa);
+        for c in &sa.children {
+            if instance {
+                self.reqids.claim_instance(c.reqid);
+            } else if !self.reqids.pin(sa.vpn.as_deref().unwrap_or_default(), &c.name, c.reqid) {
+                self.stats.reqid_conflicts += 1;
+                warn!(target: "ike", vpn = ?sa.vpn, child = %c.name, reqid = c.reqid,
+                      "the active node numbers this CHILD SA configuration differently (different reload histories)");
+            }
+        }
+        self.sas.commit(sa);
+        Ok(id)
+    }
+
+    /// Active: a snapshot of every established IKE SA, with the inbound SPIs of the CHILD SAs it
+    /// holds (for the bulk transfer to a standby that joins). Ordered by SA id.
+    #[allow(clippy::type_complexity)]
+    pub fn snapshots(&self, now: Instant) -> Vec<(IkeSaId, Zeroizing<Vec<u8>>, Vec<u32>)> {
+        let mut v: Vec<_> = self
+            .sas
+            .values()
+            .filter(|sa| sa.established.is_some())
+            .filter_map(|sa| {
+                let snap = snapshot::encode(sa, now).ok()?;
+                Some((sa.id, snap, sa.children.iter().map(|c| c.spi_in).collect()))
+            })
+            .collect();
+        v.sort_by_key(|x| x.0);
+        v
+    }
+
+    /// Standby: the active removed this SA. Returns whether it was mirrored here.
+    pub fn unmirror(&mut self, id: IkeSaId) -> bool {
+        let known = self.sas.contains(&id);
+        if known {
+            self.sas.discard(id);
+        }
+        known
+    }
+
+    /// Leave the standby role and run every mirrored SA as this node's own (see the module doc).
+    /// The caller installs the CHILD SAs of the `ChildSaUp` events with the sequence numbers and
+    /// replay windows the HA layer synced, before any of them seals a packet.
+    pub fn take_over(&mut self, now: Instant) -> Takeover {
+        self.now = Some(now);
+        self.standby = false;
+        let mut report = Takeover::default();
+        let mut ids: Vec<IkeSaId> = self.sas.values().map(|sa| sa.id).collect();
+        ids.sort_unstable();
+        for id in ids {
+            let Some(mut sa) = self.sas.checkout(&id) else { continue };
+            let peer = sa.vpn.as_deref().and_then(|v| self.peer(v)).cloned();
+            let (Some(peer), true) = (peer, sa.established.is_some()) else {
+                report.dropped += 1;
+                warn!(target: "ike", sa = format_args!("{id:#018x}"), vpn = ?sa.vpn, "mirrored IKE SA not taken over");
+                self.sas.discard(id);
+                continue;
+            };
+            let vpn = peer.name.clone();
+            if sa.state != SaState::Deleting && !sa.superseded {
+                self.events.push_back(Event::IkeSaUp { ike_sa: id, vpn: vpn.clone() });
+            }
+            for c in sa.children.iter().filter(|c| c.announced) {
+                let Some(cfg) = peer.children.iter().find(|x| x.name == c.name) else { continue };
+                // A rekey we answered, its predecessor still here: the peer may not have our
+                // response yet (the old active may have died before sending it), so keep sending
+                // on the old SA until the peer's first packet on the new one, as the old active
+                // did. Whether its dataplane had switched already is not synced; deferring again
+                // costs nothing, since the peer keeps the old SA until it deletes it.
+                let defer =
+                    c.replaces.is_some_and(|old| !c.initiated && sa.children.iter().any(|o| o.spi_in == old));
+                let iv_key = Zeroizing::new(self.rng.vec(16));
+                let install = crate::ex_child::install_of(&sa, c, cfg, defer, iv_key);
+                self.events.push_back(Event::ChildSaUp(Box::new(install)));
+                report.child_sas += 1;
+            }
+            if let Some(d) = sa.rel.resume(now, &self.config.retransmit) {
+                report.retransmitted += 1;
+                self.send_datagrams(sa.local, sa.remote, d);
+            }
+            report.ike_sas += 1;
+            self.finish(now, sa);
+        }
+        info!(target: "ike", ike_sas = report.ike_sas, child_sas = report.child_sas,
+              retransmitted = report.retransmitted, dropped = report.dropped, "took over as HA active");
+        self.start_configured(now);
+        report
+    }
+}
