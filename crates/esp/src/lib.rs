@@ -47,6 +47,6 @@ pub use sa::{ChildSaPair, ChildSaSpec, InboundSa, KeyMaterial, Mode, OutboundSa,
 pub use sad::{Sad, SadError, SadSnapshot};
 pub use seal::{seal, seal_in_place};
 pub use selector::{packet_selector, PacketSelector};
-pub use seq::{SeqCounter, SeqExhausted};
+pub use seq::{SeqCounter, SeqError};
 pub use spd::{lookup_outbound, LookupResult, Policy, PolicyAction, Spd};
 pub use transport::{open_transport, seal_transport};
