@@ -380,8 +380,9 @@ impl InboundSa {
         self.window().export()
     }
 
-    /// HA: take over a mirrored replay window state.
-    pub fn set_replay_state(&self, state: &ReplayState) {
+    /// HA: merge a mirrored replay window state into this SA's, forward only (see
+    /// `ReplayWindow::import`).
+    pub fn import_replay(&self, state: &ReplayState) {
         self.window().import(state);
     }
 
