@@ -43,7 +43,7 @@ pub use listing::{SaInfo, SaState};
 pub use observer::{Direction, RemoveReason, SadEvent, SadObserver};
 pub use open::{open, open_in, open_sa, Opened};
 pub use replay::{esn_infer, ReplayError, ReplayState, ReplayWindow};
-pub use sa::{ChildSaPair, ChildSaSpec, InboundSa, KeyMaterial, Mode, OutboundSa, SaCommon};
+pub use sa::{ChildSaPair, ChildSaSpec, InboundSa, KeyMaterial, Mode, OutboundSa, Resume, SaCommon};
 pub use sad::{Sad, SadError, SadSnapshot};
 pub use seal::{seal, seal_in_place};
 pub use selector::{packet_selector, PacketSelector};
