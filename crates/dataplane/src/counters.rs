@@ -60,6 +60,10 @@ counters! {
     drop_malformed_outbound,
     /// Outbound packets that the ESP core refused (SA exhausted, too big).
     drop_seal_error,
+    /// HA: outbound packets not sealed because their SA was at its sequence-number lease
+    /// ceiling (the standby's ack of a renewal was late). Not in `drop_seal_error`: the SA is
+    /// healthy, and a rising count means the sync link lags.
+    drop_lease_stall,
     /// Inbound packets too short to be ESP (1-7 bytes on the NAT-T port).
     drop_runt,
     /// Inbound ESP for an SPI we do not know.

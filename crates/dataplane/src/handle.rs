@@ -12,7 +12,8 @@ use arc_swap::ArcSwap;
 use tandem_esp::clock::CoarseClock;
 use tandem_esp::counters::GlobalStats;
 use tandem_esp::listing::SaInfo;
-use tandem_esp::sa::ChildSaSpec;
+use tandem_esp::replay::ReplayState;
+use tandem_esp::sa::{ChildSaPair, ChildSaSpec, Resume};
 use tandem_esp::sad::{Sad, SadError};
 use tandem_esp::spd::Policy;
 
@@ -159,6 +160,19 @@ impl DataplaneHandle {
         Ok(())
     }
 
+    /// HA: `install_sa` of a CHILD SA mirrored from the other node, continuing from `resume`
+    /// (outbound sequence number and lease ceiling, inbound replay window). The state is in
+    /// place before the SA is published and the outbound worker woken, so trap-queued packets
+    /// are sealed from `resume.next_seq`, never from 1 (which the old active already used with
+    /// the same key).
+    pub fn install_sa_resumed(&self, spec: &ChildSaSpec, resume: &Resume) -> Result<(), SadError> {
+        let mut pair = ChildSaPair::new(spec, self.shared.sad.clock())?;
+        pair.resume(resume);
+        self.shared.sad.install(pair, Instant::now())?;
+        self.shared.wake_out.wake();
+        Ok(())
+    }
+
     /// Install a CHILD SA negotiated by the IKE engine (`Event::ChildSaUp`). With
     /// `replaces_spi_in` (a rekey) the old SA stops sending now and keeps receiving for the linger
     /// time (make-before-break).
@@ -181,6 +195,56 @@ impl DataplaneHandle {
     pub fn install_child_sas(&self, installs: &[tandem_ike::ChildSaInstall]) -> Vec<Result<(), SadError>> {
         let specs: Vec<ChildSaSpec> = installs.iter().map(crate::install::spec_from_install).collect();
         self.install_sas(&specs)
+    }
+
+    /// HA takeover: `install_sas` with each SA resumed (see `install_sa_resumed`), all in one
+    /// SAD publication.
+    pub fn install_sas_resumed(&self, specs: &[(ChildSaSpec, Resume)]) -> Vec<Result<(), SadError>> {
+        let results = self.shared.sad.install_specs_resumed(specs, Instant::now());
+        if results.iter().any(Result::is_ok) {
+            self.shared.wake_out.wake();
+        }
+        results
+    }
+
+    /// HA takeover: `install_child_sas` for CHILD SAs restored from the IKE engine's mirrored
+    /// state, each resumed (see `install_sa_resumed`).
+    pub fn install_child_sas_resumed(
+        &self,
+        installs: &[(tandem_ike::ChildSaInstall, Resume)],
+    ) -> Vec<Result<(), SadError>> {
+        let specs: Vec<(ChildSaSpec, Resume)> =
+            installs.iter().map(|(i, r)| (crate::install::spec_from_install(i), r.clone())).collect();
+        self.install_sas_resumed(&specs)
+    }
+
+    /// HA: (last sequence number used, lease ceiling) of the outbound SA of the CHILD SA with
+    /// inbound SPI `spi_in`, to decide when to renew its lease.
+    pub fn seq_lease(&self, spi_in: u32) -> Option<(u64, u64)> {
+        self.shared.sad.seq_lease(spi_in)
+    }
+
+    /// HA: the standby acked a lease up to `ceiling`: the SA may seal up to it (the ceiling only
+    /// rises). Returns whether the SA exists.
+    pub fn set_ceiling(&self, spi_in: u32, ceiling: u64) -> bool {
+        self.shared.sad.set_ceiling(spi_in, ceiling)
+    }
+
+    /// HA planned switchover: stop sealing on the SA and return the highest sequence number
+    /// that was or may still be sealed; the new active resumes above it.
+    pub fn freeze_seq(&self, spi_in: u32) -> Option<u64> {
+        self.shared.sad.freeze_seq(spi_in)
+    }
+
+    /// HA: the replay window of the inbound SA `spi_in`, to mirror.
+    pub fn replay_state(&self, spi_in: u32) -> Option<ReplayState> {
+        self.shared.sad.replay_state(spi_in)
+    }
+
+    /// HA: merge a mirrored replay window into the inbound SA `spi_in`, forward only. Returns
+    /// whether the SA exists.
+    pub fn import_replay(&self, spi_in: u32, state: &ReplayState) -> bool {
+        self.shared.sad.import_replay(spi_in, state)
     }
 
     /// Remove the CHILD SA with this inbound SPI at once. Returns whether it existed.

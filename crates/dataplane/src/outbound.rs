@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tandem_esp::error::SealError;
 use tandem_esp::ip::split_ip;
 use tandem_esp::sa::{Mode, OutboundSa};
 use tandem_esp::seal::seal_in_place;
@@ -39,6 +40,7 @@ struct Tally {
     discard: u64,
     malformed: u64,
     seal_error: u64,
+    lease_stall: u64,
     trap_queued: u64,
     trap_overflow: u64,
     acquires: u64,
@@ -54,6 +56,7 @@ impl Tally {
         add(&c.drop_discard, self.discard);
         add(&c.drop_malformed_outbound, self.malformed + self.read_errors);
         add(&c.drop_seal_error, self.seal_error);
+        add(&c.drop_lease_stall, self.lease_stall);
         add(&c.trap_queued, self.trap_queued);
         add(&c.drop_trap_overflow, self.trap_overflow);
         add(&c.acquires, self.acquires);
@@ -274,6 +277,7 @@ fn seal_and_queue(
                 egress.push_raw(sa.remote(), esp);
             }
         }
+        Err(SealError::LeaseStall) => tally.lease_stall += 1,
         Err(_) => tally.seal_error += 1,
     }
 }

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
-use tandem_dataplane::tandem_esp::sa::Mode;
+use tandem_dataplane::tandem_esp::sa::{Mode, Resume};
 use tandem_dataplane::{DataplaneConfig, DataplaneEvent, WorkerLayout};
 
 fn natt(ip: std::net::IpAddr) -> SocketAddr {
@@ -389,6 +389,84 @@ fn thousands_of_sas_installed_at_once_carry_traffic() {
     let used: Vec<_> = ha.list_sas().into_iter().filter(|s| s.counters.packets > 0).collect();
     assert_eq!(used.len(), 2, "{used:?}");
     assert!(used.iter().all(|s| s.reqid == reqid), "{used:?}");
+    ha.shutdown();
+    hb.shutdown();
+}
+
+/// HA takeover: an SA installed with resume state seals the packets a trap policy queued
+/// before it existed from the resumed number, never from 1 (the old active used 1.. with the
+/// same key).
+#[test]
+fn a_resumed_sa_seals_trap_queued_packets_from_the_resumed_number() {
+    if !require_root() {
+        return;
+    }
+    let ns = NsPair::new("resume", 82);
+    let (ha, mut ra) = start(&ns.a, config("tnd0", natt(ns.addr_a)));
+    let (hb, _rb) = start(&ns.b, config("tnd0", natt(ns.addr_b)));
+    setup_inner(&ns);
+    ha.add_policy(protect(1, 7, "172.16.1.0/24", "172.16.2.0/24"));
+    hb.add_policy(protect(1, 7, "172.16.2.0/24", "172.16.1.0/24"));
+    let o = ns.exec(&ns.a, &["ping", "-c", "1", "-W", "1", "-I", "172.16.1.1", "172.16.2.1"]);
+    assert!(!o.status.success());
+    assert!(wait_event(&mut ra, Duration::from_secs(3), |e| matches!(e, DataplaneEvent::Acquire { .. }))
+        .is_some());
+    let mut p = params(EncrAlg::AesGcm16_256, None, false, true);
+    p.reqid = 7;
+    let (sa_a, sa_b) = sa_pair(&p, natt(ns.addr_a), natt(ns.addr_b));
+    hb.install_sa(&sa_b).unwrap();
+    ha.install_sa_resumed(&sa_a, &Resume { next_seq: 1000, ..Resume::default() }).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while hb.counters().esp_rx_ok == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(ha.counters().trap_flushed >= 1, "{:?}", ha.counters());
+    // What b received, from its replay window: 1000 and nothing below it.
+    let st = hb.replay_state(sa_b.spi_in).unwrap();
+    let received: Vec<u64> = (0..u64::from(st.window).min(st.top))
+        .filter(|&i| st.bitmap[(i / 64) as usize] & (1 << (i % 64)) != 0)
+        .map(|i| st.top - i)
+        .collect();
+    assert_eq!(received.iter().min(), Some(&1000), "received {received:?}");
+    assert!(ping(&ns, &ns.a, "172.16.1.1", "172.16.2.1", 2));
+    let (last, ceiling) = ha.seq_lease(sa_a.spi_in).unwrap();
+    assert_eq!((last, ceiling), (hb.replay_state(sa_b.spi_in).unwrap().top, u64::from(u32::MAX)));
+    assert!(last >= 1002);
+    ha.shutdown();
+    hb.shutdown();
+}
+
+/// HA: an SA at its lease ceiling drops and counts (not as seal errors), stays installed past
+/// the SAD's timer, and carries traffic again once the lease is renewed.
+#[test]
+fn a_lease_stall_drops_and_counts_until_the_lease_is_renewed() {
+    if !require_root() {
+        return;
+    }
+    let ns = NsPair::new("lease", 83);
+    let (ha, _ra) = start(&ns.a, config("tnd0", natt(ns.addr_a)));
+    let (hb, _rb) = start(&ns.b, config("tnd0", natt(ns.addr_b)));
+    setup_inner(&ns);
+    ha.add_policy(protect(1, 1, "172.16.1.0/24", "172.16.2.0/24"));
+    hb.add_policy(protect(1, 1, "172.16.2.0/24", "172.16.1.0/24"));
+    let (sa_a, sa_b) =
+        sa_pair(&params(EncrAlg::AesGcm16_128, None, false, true), natt(ns.addr_a), natt(ns.addr_b));
+    ha.install_sa_resumed(&sa_a, &Resume { ceiling: Some(2), ..Resume::default() }).unwrap();
+    hb.install_sa(&sa_b).unwrap();
+    // Four echo requests: two fit under the ceiling, two stall.
+    let _ = ns.exec(&ns.a, &["ping", "-c", "4", "-i", "0.2", "-W", "1", "-I", "172.16.1.1", "172.16.2.1"]);
+    let c = ha.counters();
+    assert_eq!((c.drop_lease_stall, c.drop_seal_error), (2, 0), "{c:?}");
+    assert_eq!(ha.seq_lease(sa_a.spi_in), Some((2, 2)));
+    // Past at least one SAD tick (the timer thread's): a stall is not an expiry.
+    std::thread::sleep(Duration::from_millis(1200));
+    let out = ha.list_sas().into_iter().find(|s| s.spi == sa_a.spi_out).expect("still installed");
+    assert_eq!(out.state, tandem_dataplane::tandem_esp::SaState::Mature);
+    assert_eq!((out.counters.packets, out.counters.lease_stalls, out.counters.expired_drops), (2, 2, 0));
+    assert_eq!(hb.replay_state(sa_b.spi_in).unwrap().top, 2);
+    assert!(ha.set_ceiling(sa_a.spi_in, 1000));
+    assert!(ping(&ns, &ns.a, "172.16.1.1", "172.16.2.1", 2));
+    assert_eq!(hb.replay_state(sa_b.spi_in).unwrap().top, 4, "resumed at exactly 3");
     ha.shutdown();
     hb.shutdown();
 }

@@ -186,9 +186,13 @@ pub fn seal_batch(sa: &OutboundSa, batch: &mut PacketBatch) -> SealStats {
         return stats;
     }
     let first = if sa.hard_usage_reached() {
+        crate::counters::bump(&sa.counters().expired_drops, ready as u64);
         Err(SealError::Expired)
     } else {
-        sa.seq().reserve(ready as u64).map_err(|_| SealError::SeqExhausted)
+        sa.seq().reserve(ready as u64).map_err(|e| {
+            sa.counters().count_seq_refusal(e, ready as u64);
+            SealError::from(e)
+        })
     };
     let mut seq = match first {
         Ok(s) => s,
@@ -196,7 +200,6 @@ pub fn seal_batch(sa: &OutboundSa, batch: &mut PacketBatch) -> SealStats {
             for m in batch.meta[..batch.len].iter_mut().filter(|m| m.status == PacketStatus::Ready) {
                 m.status = PacketStatus::SealFailed(e);
             }
-            crate::counters::bump(&sa.counters().expired_drops, ready as u64);
             stats.failed = ready;
             return stats;
         }

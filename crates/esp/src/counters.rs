@@ -37,6 +37,10 @@ pub struct SaCounters {
     pub expired_drops: AtomicU64,
     /// Packets that could not be sealed for lack of buffer room or a crypto failure.
     pub seal_errors: AtomicU64,
+    /// HA: packets not sealed because the SA was at its sequence-number lease ceiling (the
+    /// standby's ack of a renewal was late). Kept apart from `expired_drops`: the SA is healthy
+    /// and this is the number to alarm on when sync lags.
+    pub lease_stalls: AtomicU64,
     /// `packets` at the last [`SaCounters::packets_since_last_read`] call (for HA).
     last_read_packets: AtomicU64,
 }
@@ -53,6 +57,9 @@ pub struct SaCountersSnapshot {
     pub dummy: u64,
     pub expired_drops: u64,
     pub seal_errors: u64,
+    /// `#[serde(default)]`: listings serialized before the counter existed still parse.
+    #[serde(default)]
+    pub lease_stalls: u64,
 }
 
 impl SaCounters {
@@ -67,6 +74,7 @@ impl SaCounters {
             dummy: get(&self.dummy),
             expired_drops: get(&self.expired_drops),
             seal_errors: get(&self.seal_errors),
+            lease_stalls: get(&self.lease_stalls),
         }
     }
 
@@ -75,6 +83,16 @@ impl SaCounters {
     pub fn packets_since_last_read(&self) -> u64 {
         let now = get(&self.packets);
         now.saturating_sub(self.last_read_packets.swap(now, Ordering::Relaxed))
+    }
+
+    /// Counts `n` packets the sequence counter refused: exhaustion as an expiry, a lease stall
+    /// on its own.
+    pub(crate) fn count_seq_refusal(&self, e: crate::seq::SeqError, n: u64) {
+        let c = match e {
+            crate::seq::SeqError::Exhausted => &self.expired_drops,
+            crate::seq::SeqError::LeaseStall => &self.lease_stalls,
+        };
+        bump(c, n);
     }
 
     /// Counts an inbound drop on the SA it was meant for.

@@ -2,6 +2,7 @@
 //! dropped. Drops are data: each reason has its own counter.
 
 use crate::replay::ReplayError;
+use crate::seq::SeqError;
 use serde::{Deserialize, Serialize};
 
 /// An SA could not be built from its parameters.
@@ -30,6 +31,10 @@ pub enum SealError {
     /// Sequence numbers are used up (RFC 4303 section 3.3.3): the SA must be rekeyed.
     #[error("outbound sequence numbers exhausted")]
     SeqExhausted,
+    /// HA: the SA is at its sequence-number lease ceiling and waits for the standby to renew it
+    /// (`seq::SeqError::LeaseStall`); the SA itself is fine.
+    #[error("outbound sequence numbers at the HA lease ceiling")]
+    LeaseStall,
     /// A hard byte or packet lifetime is reached.
     #[error("SA hard lifetime reached")]
     Expired,
@@ -78,6 +83,15 @@ pub enum DropReason {
     /// A hard lifetime of the SA is reached.
     #[error("SA expired")]
     Expired,
+}
+
+impl From<SeqError> for SealError {
+    fn from(e: SeqError) -> SealError {
+        match e {
+            SeqError::Exhausted => SealError::SeqExhausted,
+            SeqError::LeaseStall => SealError::LeaseStall,
+        }
+    }
 }
 
 impl DropReason {

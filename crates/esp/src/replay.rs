@@ -191,18 +191,36 @@ impl ReplayWindow {
         ReplayState { window: self.window, top: self.top, bitmap }
     }
 
-    /// Replaces this window's contents by `state` (from [`ReplayWindow::export`] of the peer node). The
-    /// window size stays this SA's own; bits beyond it are ignored, missing bits count as not received.
+    /// Merges `state` (from [`ReplayWindow::export`] of the other node) into this window, forward
+    /// only: the top becomes the higher of the two and a number counts as received if either side
+    /// received it. Nothing this window already refuses is accepted afterwards, so an old or
+    /// reordered sync message, or one that crossed packets this node accepted itself, cannot reopen
+    /// the window to a replay. The window size stays this SA's own; bits of `state` beyond it, or
+    /// below the merged window, are ignored, and missing bits count as not received, so a
+    /// malformed state cannot do more than a well-formed one.
     pub fn import(&mut self, state: &ReplayState) {
-        self.blocks.iter_mut().for_each(|b| *b = 0);
-        self.top = state.top;
+        if state.top > self.top {
+            if self.window == 0 {
+                self.top = state.top;
+            } else {
+                self.slide_to(state.top);
+            }
+        }
         if self.window == 0 {
             return;
         }
-        let limit = u64::from(self.window.min(state.window)).min(state.top);
-        for i in 0..limit {
-            let word = state.bitmap.get((i / 64) as usize).copied().unwrap_or(0);
-            if word & (1 << (i % 64)) != 0 {
+        // Bit `i` of `state` is `state.top - i`; only numbers inside the merged window (above
+        // `self.top - window`) are recorded, and 0 never is.
+        let below_window = self.top.saturating_sub(u64::from(self.window));
+        let span = u64::from(self.window.min(state.window)).min(state.top.saturating_sub(below_window));
+        for (w, &word) in state.bitmap.iter().enumerate().take(span.div_ceil(64) as usize) {
+            let mut bits = word;
+            while bits != 0 {
+                let i = w as u64 * 64 + u64::from(bits.trailing_zeros());
+                bits &= bits - 1;
+                if i >= span {
+                    break;
+                }
                 let seq = state.top - i;
                 let slot = self.slot(seq);
                 self.blocks[slot] |= 1 << (seq & 63);
@@ -330,5 +348,133 @@ mod tests {
         }
         let json = serde_json::to_string(&st).unwrap();
         assert_eq!(serde_json::from_str::<ReplayState>(&json).unwrap(), st);
+    }
+
+    fn window_with(size: u32, marks: &[u64]) -> ReplayWindow {
+        let mut w = ReplayWindow::new(size).unwrap();
+        for &s in marks {
+            let _ = w.check_and_mark(s);
+        }
+        w
+    }
+
+    #[test]
+    fn import_of_an_older_state_never_moves_the_window_back() {
+        let mut w = window_with(256, &[1, 2, 3, 400, 450, 500]);
+        let old = window_with(256, &[250, 260, 300]).export();
+        w.import(&old);
+        assert_eq!(w.top(), 500, "the top stays");
+        for s in [400, 450, 500] {
+            assert_eq!(w.check(s), Err(ReplayError::Duplicate), "own mark {s} kept");
+        }
+        for s in [1, 2, 3, 244] {
+            assert_eq!(w.check(s), Err(ReplayError::Old), "{s} stays below the window");
+        }
+        assert_eq!(w.check(245), Ok(()), "the window floor did not move down");
+        for s in [250, 260, 300] {
+            assert_eq!(w.check(s), Err(ReplayError::Duplicate), "the other node's mark {s} merged");
+        }
+        assert_eq!(w.check(251), Ok(()), "unmarked by both: still acceptable");
+    }
+
+    #[test]
+    fn import_of_a_newer_state_slides_and_keeps_own_marks() {
+        let mut w = window_with(128, &[60, 90, 100]);
+        w.import(&window_with(128, &[120, 150]).export());
+        assert_eq!(w.top(), 150);
+        for s in [60, 90, 100, 120, 150] {
+            assert_eq!(w.check(s), Err(ReplayError::Duplicate), "{s}");
+        }
+        assert_eq!(w.check(22), Err(ReplayError::Old));
+        for s in [23, 61, 101, 130, 149, 151] {
+            assert_eq!(w.check(s), Ok(()), "{s}");
+        }
+        // A jump further than the ring: the own marks fall below the window and are Old.
+        w.import(&window_with(128, &[100_000]).export());
+        assert_eq!(w.top(), 100_000);
+        assert_eq!(w.check(150), Err(ReplayError::Old));
+        assert_eq!(w.check(99_999), Ok(()));
+    }
+
+    #[test]
+    fn import_of_a_malformed_state_stays_in_bounds() {
+        let mut w = window_with(64, &[10]);
+        let bad = [
+            ReplayState { window: u32::MAX, top: 20, bitmap: vec![u64::MAX; 10] },
+            ReplayState { window: 64, top: 30, bitmap: Vec::new() },
+            ReplayState { window: 7, top: 0, bitmap: vec![u64::MAX] },
+            ReplayState { window: 4096, top: u64::MAX, bitmap: vec![1] },
+        ];
+        w.import(&bad[0]);
+        assert_eq!(w.top(), 20);
+        assert_eq!(w.check(0), Err(ReplayError::Old), "0 is never received, never accepted");
+        for s in 1..=20 {
+            assert!(w.check(s).is_err(), "{s}: every bit of the first state was set");
+        }
+        w.import(&bad[1]);
+        assert_eq!((w.top(), w.check(25)), (30, Ok(())), "missing bits are not received");
+        w.import(&bad[2]);
+        assert_eq!(w.top(), 30);
+        w.import(&bad[3]);
+        assert_eq!(w.top(), u64::MAX);
+        assert_eq!(w.check(u64::MAX), Err(ReplayError::Duplicate));
+        let mut off = ReplayWindow::new(0).unwrap();
+        off.import(&bad[0]);
+        off.import(&bad[1]);
+        assert_eq!(off.top(), 30, "a disabled window only keeps the higher top");
+    }
+
+    /// A mirrored state as a real window makes it, or anything a broken or hostile sync link
+    /// could deliver.
+    fn any_state() -> impl Strategy<Value = ReplayState> {
+        let real = (prop_oneof![Just(64u32), Just(128), Just(256), Just(1024)], marks())
+            .prop_map(|(size, m)| window_with(size, &m).export());
+        let raw = (0u32..3000, 0u64..4000, proptest::collection::vec(any::<u64>(), 0..40))
+            .prop_map(|(window, top, bitmap)| ReplayState { window, top, bitmap });
+        prop_oneof![real, raw]
+    }
+
+    fn marks() -> impl Strategy<Value = Vec<u64>> {
+        proptest::collection::vec(prop_oneof![3 => 0u64..1500, 1 => 1500u64..4000], 0..200)
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        /// After an import, every number refused before is still refused, the top never
+        /// decreases, and the result is exactly the union of both sides over the merged window.
+        #[test]
+        fn import_is_forward_only_and_a_union(
+            size in prop_oneof![Just(0u32), Just(64), Just(128), Just(1024)],
+            own in marks(),
+            state in any_state(),
+        ) {
+            let mut w = window_with(size, &own);
+            let before: Vec<bool> = (0..=5000).map(|s| w.check(s).is_ok()).collect();
+            let top_before = w.top();
+            w.import(&state);
+            let top = w.top();
+            prop_assert!(top >= top_before);
+            prop_assert_eq!(top, top_before.max(state.top));
+            let win = u64::from(w.window());
+            for seq in 0..=5000u64 {
+                let after = w.check(seq).is_ok();
+                if !before[seq as usize] {
+                    prop_assert!(!after, "{} was refused before the import, accepted after", seq);
+                }
+                let expect = if win == 0 || seq > top {
+                    true
+                } else {
+                    let i = state.top.wrapping_sub(seq);
+                    let theirs = seq <= state.top
+                        && i < u64::from(state.window)
+                        && state.bitmap.get((i / 64) as usize).is_some_and(|b| b & (1 << (i % 64)) != 0);
+                    let ours = seq <= top_before && !before[seq as usize];
+                    seq != 0 && top - seq < win && !theirs && !ours
+                };
+                prop_assert_eq!(after, expect, "seq {} top {} (was {}) state top {}", seq, top, top_before, state.top);
+            }
+        }
     }
 }

@@ -98,6 +98,27 @@ pub struct ChildSaSpec {
     pub iv_key: Option<Zeroizing<Vec<u8>>>,
 }
 
+/// HA: where a CHILD SA mirrored from the other node continues, applied to the pair after it is
+/// built and *before* it is published in the SAD ([`ChildSaPair::resume`],
+/// `Sad::install_specs_resumed`). Setting these after installation would race the packet path:
+/// trap-queued packets are sealed as soon as the SA appears, from sequence number 1, which is a
+/// (key, nonce) pair the old active node already used. The default resumes nothing: a new SA.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resume {
+    /// The first outbound sequence number to seal (the acked lease ceiling + 1 after a takeover,
+    /// the exact last number + 1 after a planned switchover); 0 or 1 start at 1.
+    pub next_seq: u64,
+    /// The last outbound number this node may seal before a lease renewal; `None` is unlimited
+    /// (up to the sequence space). A standby that installs a pair without sealing on it passes
+    /// `Some(next_seq - 1)`.
+    pub ceiling: Option<u64>,
+    /// The inbound replay window mirrored from the other node, merged forward-only.
+    pub replay: Option<ReplayState>,
+    /// Numbers above the inbound window's top to treat as received after the merge: the ones the
+    /// old active may have accepted since its last sync (see `ReplayWindow::advance`). 0 = none.
+    pub replay_advance: u64,
+}
+
 /// Fields common to both directions. Reached through `Deref` from [`OutboundSa`] and [`InboundSa`].
 pub struct SaCommon {
     spi: u32,
@@ -280,6 +301,12 @@ impl OutboundSa {
         &self.seq
     }
 
+    /// HA: the last sequence number used and the lease ceiling, i.e. how far this SA has sealed
+    /// and how far it may (for deciding when to renew the lease).
+    pub fn seq_lease(&self) -> (u64, u64) {
+        (self.seq.last_seq(), self.seq.ceiling())
+    }
+
     /// The next sequence number (HA sync).
     pub fn next_seq(&self) -> u64 {
         self.seq.next_seq()
@@ -380,8 +407,9 @@ impl InboundSa {
         self.window().export()
     }
 
-    /// HA: take over a mirrored replay window state.
-    pub fn set_replay_state(&self, state: &ReplayState) {
+    /// HA: merge a mirrored replay window state into this SA's, forward only (see
+    /// `ReplayWindow::import`).
+    pub fn import_replay(&self, state: &ReplayState) {
         self.window().import(state);
     }
 
@@ -424,5 +452,19 @@ impl ChildSaPair {
             replaces_spi_in: spec.replaces_spi_in,
             defer_outbound: spec.defer_outbound,
         })
+    }
+
+    /// HA: continue where the other node left off (see [`Resume`]). Takes `&mut self`: the
+    /// pair is not shared yet, so nothing can seal or receive on it while this runs, and the
+    /// ceiling may be set below its default.
+    pub fn resume(&mut self, r: &Resume) {
+        self.outbound.seq.set_next_seq(r.next_seq);
+        if let Some(c) = r.ceiling {
+            self.outbound.seq.init_ceiling(c);
+        }
+        if let Some(state) = &r.replay {
+            self.inbound.import_replay(state);
+        }
+        self.inbound.advance_replay(r.replay_advance);
     }
 }

@@ -21,7 +21,8 @@ use crate::error::SaError;
 use crate::lifetime::LifetimeState;
 use crate::listing::SaInfo;
 use crate::observer::{Direction, RemoveReason, SadEvent, SadObserver};
-use crate::sa::{ChildSaPair, ChildSaSpec, InboundSa, OutboundSa};
+use crate::replay::ReplayState;
+use crate::sa::{ChildSaPair, ChildSaSpec, InboundSa, OutboundSa, Resume};
 use arc_swap::{ArcSwap, Guard};
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -375,13 +376,33 @@ impl Sad {
     /// Builds and installs the pairs of many specs with one snapshot publication; see
     /// [`Sad::install_many`]. The keys are prepared before the control mutex is taken.
     pub fn install_specs(&self, specs: &[ChildSaSpec], now: Instant) -> Vec<Result<(), SadError>> {
-        let built: Vec<Result<ChildSaPair, SaError>> =
-            specs.iter().map(|s| ChildSaPair::new(s, &self.clock)).collect();
+        self.build_and_install(specs.iter().map(|s| (s, None)), now)
+    }
+
+    /// HA takeover: like [`Sad::install_specs`], with each pair resumed (sequence number, lease
+    /// ceiling, replay window) before the one publication, so no packet is sealed or accepted
+    /// on a pair before its mirrored state is in place.
+    pub fn install_specs_resumed(
+        &self,
+        specs: &[(ChildSaSpec, Resume)],
+        now: Instant,
+    ) -> Vec<Result<(), SadError>> {
+        self.build_and_install(specs.iter().map(|(s, r)| (s, Some(r))), now)
+    }
+
+    fn build_and_install<'a>(
+        &self,
+        specs: impl ExactSizeIterator<Item = (&'a ChildSaSpec, Option<&'a Resume>)>,
+        now: Instant,
+    ) -> Vec<Result<(), SadError>> {
         let mut results: Vec<Result<(), SadError>> = Vec::with_capacity(specs.len());
         let mut ok = Vec::with_capacity(specs.len());
-        for b in built {
-            match b {
-                Ok(p) => {
+        for (spec, resume) in specs {
+            match ChildSaPair::new(spec, &self.clock) {
+                Ok(mut p) => {
+                    if let Some(r) = resume {
+                        p.resume(r);
+                    }
                     results.push(Ok(()));
                     ok.push(p);
                 }
@@ -602,6 +623,39 @@ impl Sad {
     /// The outbound SA of the pair with inbound SPI `spi_in` (also when retired).
     pub fn get_outbound_of(&self, spi_in: u32) -> Option<Arc<OutboundSa>> {
         relock(&self.control).pairs.get(&spi_in).map(|e| e.outbound.clone())
+    }
+
+    /// HA: the outbound SA of the pair with inbound SPI `spi_in`: (last sequence number used,
+    /// lease ceiling). `None` if there is no such pair.
+    pub fn seq_lease(&self, spi_in: u32) -> Option<(u64, u64)> {
+        relock(&self.control).pairs.get(&spi_in).map(|e| e.outbound.seq_lease())
+    }
+
+    /// HA: the replay window of the inbound SA `spi_in`, to mirror.
+    pub fn replay_state(&self, spi_in: u32) -> Option<ReplayState> {
+        let inbound = relock(&self.control).pairs.get(&spi_in).map(|e| e.inbound.clone());
+        inbound.map(|i| i.replay_state())
+    }
+
+    /// HA: the standby acked a lease up to `ceiling` for the pair `spi_in`; the ceiling only
+    /// rises (see `SeqCounter::set_ceiling`). Returns whether the pair exists.
+    pub fn set_ceiling(&self, spi_in: u32, ceiling: u64) -> bool {
+        let outbound = relock(&self.control).pairs.get(&spi_in).map(|e| e.outbound.clone());
+        outbound.map(|o| o.seq().set_ceiling(ceiling)).is_some()
+    }
+
+    /// HA planned switchover: stops sealing on the pair `spi_in` and returns the highest
+    /// sequence number that was or may still be sealed (see `SeqCounter::freeze`).
+    pub fn freeze_seq(&self, spi_in: u32) -> Option<u64> {
+        let outbound = relock(&self.control).pairs.get(&spi_in).map(|e| e.outbound.clone());
+        outbound.map(|o| o.seq().freeze())
+    }
+
+    /// HA: merge a mirrored replay window into the inbound SA `spi_in`, forward only (see
+    /// `ReplayWindow::import`). Returns whether the pair exists.
+    pub fn import_replay(&self, spi_in: u32, state: &ReplayState) -> bool {
+        let inbound = relock(&self.control).pairs.get(&spi_in).map(|e| e.inbound.clone());
+        inbound.map(|i| i.import_replay(state)).is_some()
     }
 
     /// Number of installed pairs (retired ones included).

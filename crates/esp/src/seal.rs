@@ -46,9 +46,12 @@ pub fn seal_in_place(
         crate::counters::bump(&sa.counters().expired_drops, 1);
         return Err(SealError::Expired);
     }
-    let Ok(seq) = sa.seq().reserve(1) else {
-        crate::counters::bump(&sa.counters().expired_drops, 1);
-        return Err(SealError::SeqExhausted);
+    let seq = match sa.seq().reserve(1) {
+        Ok(seq) => seq,
+        Err(e) => {
+            sa.counters().count_seq_refusal(e, 1);
+            return Err(e.into());
+        }
     };
     let len = payload.len() as u64;
     match seal_with_seq(sa, seq, buf, payload, next_header) {

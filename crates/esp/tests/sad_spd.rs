@@ -222,7 +222,7 @@ fn ha_state_can_be_read_and_set() {
 
     // Mirror replay state and outbound sequence to the standby, then fail over.
     let sb_in = standby.get_inbound(0x1000).unwrap();
-    sb_in.set_replay_state(&act_in.replay_state());
+    sb_in.import_replay(&act_in.replay_state());
     let act_out = active.get_outbound(7).unwrap();
     act_out.seq().reserve(41).unwrap();
     let sb_out = standby.get_outbound(7).unwrap();
