@@ -24,19 +24,6 @@ pub struct DaemonSettings {
     pub log_level: String,
 }
 
-/// The `[ha]` table: parsed and validated now, used by clustering later.
-#[derive(Debug, Clone, Serialize)]
-pub struct HaSettings {
-    pub node_id: u8,
-    pub interface: Option<String>,
-    pub local_address: Option<IpAddr>,
-    pub remote_address: Option<IpAddr>,
-    pub listen_ha_group: Option<String>,
-    pub sync_period_time: Duration,
-    pub sync_period_packets: u32,
-    pub oseq_shift: u64,
-}
-
 pub(crate) struct Ctx<'a> {
     text: &'a str,
     file: &'a str,
@@ -279,30 +266,15 @@ pub(crate) fn convert(raw: RawConfig, text: &str, file: &str) -> Result<Config, 
     let ha = match &raw.ha {
         None => None,
         Some(h) => {
-            if !(1..=15).contains(&h.node_id) {
-                return Err(ctx.err("ha", Some("node-id"), None, "must be 1..=15"));
-            }
-            let addr = |k: &str, v: &Option<String>| -> Result<Option<IpAddr>, ConfigError> {
-                v.as_ref()
-                    .map(|a| {
-                        a.parse()
-                            .map_err(|_| ctx.err("ha", Some(k), None, format!("{a:?} is not an IP address")))
-                    })
-                    .transpose()
-            };
-            endpoint.node_id = h.node_id;
-            Some(HaSettings {
-                node_id: h.node_id,
-                interface: h.interface.clone(),
-                local_address: addr("local-address", &h.local_address)?,
-                remote_address: addr("remote-address", &h.remote_address)?,
-                listen_ha_group: h.listen_ha_group.clone(),
-                sync_period_time: ctx
-                    .duration("ha", "sync-period-time", &h.sync_period_time)?
-                    .unwrap_or(Duration::from_secs(10)),
-                sync_period_packets: h.sync_period_packets.unwrap_or(2),
-                oseq_shift: h.oseq_shift.unwrap_or(65536),
-            })
+            let ha = crate::ha::convert_ha(
+                &ctx,
+                h,
+                daemon.ike_port,
+                daemon.natt_port,
+                endpoint.retransmit.timeout,
+            )?;
+            endpoint.node_id = ha.node_id;
+            Some(ha)
         }
     };
 

@@ -3,15 +3,20 @@
 //! the file, line and key.
 #![forbid(unsafe_code)]
 
+mod canon;
 mod convert;
 mod dataplane;
+mod digest;
 pub mod duration;
+mod ha;
 mod locate;
 mod manual;
 mod raw;
 
-pub use convert::{parse_subnet_selector, DaemonSettings, HaSettings};
+pub use convert::{parse_subnet_selector, DaemonSettings};
 pub use dataplane::{DataplaneSettings, Workers};
+pub use digest::{ClusterDigest, SecretsDigest};
+pub use ha::{HaRole, HaSettings, PeerPin, ReplayAdvance, DEFAULT_HA_PORT};
 pub use manual::{ManualKeys, ManualSa};
 use std::path::{Path, PathBuf};
 use tandem_ike::{EndpointConfig, PeerConfig, PreSharedKey};

@@ -124,6 +124,12 @@ pub struct RawHa {
     pub sync_period_time: Option<toml::Value>,
     pub sync_period_packets: Option<u32>,
     pub oseq_shift: Option<u64>,
+    pub port: Option<u16>,
+    pub initial_role: Option<String>,
+    pub key_file: Option<String>,
+    pub peer_pin: Option<String>,
+    pub ack_timeout: Option<toml::Value>,
+    pub replay_advance: Option<toml::Value>,
 }
 
 #[derive(Debug, Deserialize, Default)]

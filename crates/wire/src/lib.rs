@@ -9,6 +9,7 @@ pub mod fragment;
 pub mod message;
 pub mod payload;
 mod reader;
+pub mod rfc6311;
 pub mod ts;
 
 pub use codes::{flags, AuthMethod, CfgType, ExchangeType, IdType, NotifyType, PayloadType, ProtocolId};
@@ -18,4 +19,5 @@ pub use payload::{
     ConfigAttribute, ConfigPayload, Delete, Encrypted, EncryptedFragment, Identification, Notify, Payload,
     Proposal, Transform, TransformAttribute,
 };
+pub use rfc6311::{MessageIdSync, ReplayCounterSync};
 pub use ts::TrafficSelector;
