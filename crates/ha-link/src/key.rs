@@ -186,6 +186,10 @@ impl NodeKey {
             .map_err(|e| KeyError::PrivateKey(e.to_string()))
     }
 
+    pub(crate) fn certified_key(&self) -> Result<Arc<CertifiedKey>, KeyError> {
+        Ok(Arc::new(CertifiedKey::new(vec![self.cert.clone()], self.signing_key()?)))
+    }
+
     /// Both parts as one PEM text: a CERTIFICATE block, then a PRIVATE KEY (PKCS#8) block. The
     /// buffer is wiped on drop; it is sized up front so that growing it leaves no stray copies.
     pub fn to_pem(&self) -> Zeroizing<String> {
