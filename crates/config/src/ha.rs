@@ -57,7 +57,8 @@ pub struct HaSettings {
     pub initial_role: HaRole,
     /// PEM file with this node's private key and certificate for the sync link.
     pub key_file: PathBuf,
-    /// SHA-256 of the other node's certificate: the only certificate the sync link accepts.
+    /// SHA-256 of the other node's public key (its certificate's SubjectPublicKeyInfo, as
+    /// `tandemctl ha keygen` prints it): the only key the sync link accepts.
     pub peer_pin: PeerPin,
     /// How long a queued IKE datagram waits for the standby to acknowledge the state it depends
     /// on before it is sent anyway and the standby is marked out of sync.
@@ -91,7 +92,7 @@ pub enum ReplayAdvance {
     Packets(u64),
 }
 
-/// A SHA-256 certificate fingerprint. Written as 64 hex digits, with or without colons between the
+/// A SHA-256 public-key pin (of the SubjectPublicKeyInfo). Written as 64 hex digits, with or without colons between the
 /// bytes (`openssl x509 -noout -fingerprint -sha256` prints the colon form); shown as lowercase hex.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PeerPin(pub [u8; 32]);
@@ -269,7 +270,7 @@ pub(crate) fn convert_ha(
                 T,
                 Some("peer-pin"),
                 None,
-                "needed: the SHA-256 fingerprint of the other node's certificate",
+                "needed: the other node's pin (`tandemctl ha keygen` prints it)",
             ))
         }
         Some(p) => PeerPin::parse(p).map_err(|e| ctx.err(T, Some("peer-pin"), None, e))?,

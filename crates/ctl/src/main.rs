@@ -63,6 +63,28 @@ enum Cmd {
     },
     /// Re-read the configuration file.
     Reload,
+    /// High availability (active/standby cluster).
+    Ha {
+        #[command(subcommand)]
+        what: HaCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum HaCmd {
+    /// Role, sync link, mirrored SAs, lag and counters.
+    Status,
+    /// Become active (take over every mirrored SA), or stay standby. Also what the keepalived
+    /// notify hook calls: master, backup and fault are accepted.
+    #[command(name = "set-state")]
+    SetState { state: String },
+    /// Write this node's sync-link key pair (PEM, mode 0600) and print its pin for the other
+    /// node's `peer-pin`.
+    Keygen {
+        /// Where to write the key file (`[ha] key-file`).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -153,6 +175,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
         Cmd::Reload => ("POST", "/v1/reload".into(), 30.0),
+        Cmd::Ha { what: HaCmd::Status } => ("GET", "/v1/ha".into(), 10.0),
+        Cmd::Ha { what: HaCmd::SetState { state } } => ("POST", format!("/v1/ha/state?state={state}"), 10.0),
+        Cmd::Ha { what: HaCmd::Keygen { out } } => return keygen(out),
     };
     match request(&cli.socket, method, &path, Duration::from_secs_f64(timeout)) {
         Ok(v) => {
@@ -169,6 +194,25 @@ fn main() -> ExitCode {
         }
         Err(ClientError::Protocol(e)) => {
             eprintln!("tandemctl: bad answer from tandemd: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `tandemctl ha keygen`: local, no daemon needed.
+fn keygen(out: &std::path::Path) -> ExitCode {
+    if out.exists() {
+        eprintln!("tandemctl: {} exists: not overwriting a node key", out.display());
+        return ExitCode::from(1);
+    }
+    match tandem_ha_link::keygen().and_then(|k| k.write_pem_file(out).map(|()| k.pin())) {
+        Ok(pin) => {
+            println!("{pin}");
+            eprintln!("wrote {}; put the line above in the other node's [ha] peer-pin", out.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tandemctl: {e}");
             ExitCode::from(1)
         }
     }

@@ -48,6 +48,8 @@ pub fn router(handle: Handle) -> Router {
         .route("/v1/ipsec-sas/{spi}", delete(delete_ipsec_sa))
         .route("/v1/ipsec-stat", get(ipsec_stat))
         .route("/v1/reload", post(reload))
+        .route("/v1/ha", get(ha_status))
+        .route("/v1/ha/state", post(ha_set_state))
         .with_state(handle)
 }
 
@@ -245,5 +247,27 @@ mod tests {
         assert_eq!(parse_num("16"), Some(16));
         assert_eq!(parse_spi("0x1ffffffff"), None);
         assert_eq!(parse_num("zz"), None);
+    }
+}
+
+async fn ha_status(State(h): State<Handle>) -> Response {
+    match h.ask(Command::HaStatus).await {
+        Err(e) => engine_down(e),
+        Ok(Err(e)) => error(StatusCode::NOT_FOUND, e),
+        Ok(Ok(s)) => Json(s).into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct StateQuery {
+    state: String,
+}
+
+async fn ha_set_state(State(h): State<Handle>, Query(q): Query<StateQuery>) -> Response {
+    let state = q.state.to_ascii_lowercase();
+    match h.ask(|r| Command::HaSetState(state, r)).await {
+        Err(e) => engine_down(e),
+        Ok(Err(e)) => error(StatusCode::CONFLICT, e),
+        Ok(Ok(s)) => Json(s).into_response(),
     }
 }

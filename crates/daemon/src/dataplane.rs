@@ -303,6 +303,22 @@ impl Esp {
             warn!(target: "esp", vpn = %sa.vpn, child = %sa.child, "CHILD SA not installed: {e}");
             return;
         }
+        self.installed(sa);
+    }
+
+    /// HA: install with a resume state (where the outbound counter starts, its lease ceiling), in
+    /// place before the SA can seal a packet.
+    pub fn install_resumed(&mut self, sa: &ChildSaInstall, resume: tandem_dataplane::tandem_esp::Resume) {
+        let r = self.handle.install_child_sas_resumed(&[(sa.clone(), resume)]);
+        if let Some(Err(e)) = r.into_iter().next() {
+            warn!(target: "esp", vpn = %sa.vpn, child = %sa.child, "CHILD SA not installed: {e}");
+            return;
+        }
+        self.installed(sa);
+    }
+
+    /// Policies and routes of an SA just installed.
+    fn installed(&mut self, sa: &ChildSaInstall) {
         info!(target: "esp", vpn = %sa.vpn, child = %sa.child, reqid = sa.reqid,
               spi_in = format_args!("{:#010x}", sa.spi_in), spi_out = format_args!("{:#010x}", sa.spi_out),
               encr = sa.encr.name(), encap = if sa.udp_encap { "udp" } else { "raw" }, "CHILD SA installed");

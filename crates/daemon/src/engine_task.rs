@@ -2,6 +2,7 @@
 //! its datagrams and events. Nothing else touches the engine.
 
 use crate::dataplane::Esp;
+use crate::ha::{Ha, HaStatus};
 use crate::udp::{Datagram, Sockets};
 use serde::Serialize;
 use std::net::SocketAddr;
@@ -73,6 +74,10 @@ pub enum Command {
     },
     /// Delete every SA pair; returns how many.
     FlushIpsecSas(Reply<Result<usize, String>>),
+    /// `GET /v1/ha`.
+    HaStatus(Reply<Result<HaStatus, String>>),
+    /// `POST /v1/ha/state`: become active (take over) or stay standby.
+    HaSetState(String, Reply<Result<HaStatus, String>>),
     Shutdown(Reply<()>),
 }
 
@@ -105,18 +110,26 @@ pub struct EngineTask {
     esp: Option<Esp>,
     commands: mpsc::Receiver<Command>,
     started: Instant,
+    /// HA: the sync link and the role (`[ha]`).
+    ha: Option<Ha>,
 }
 
 impl EngineTask {
     /// `esp`: the started dataplane, or `None` when `[dataplane] enabled = false`.
-    pub fn new(config: Config, sockets: Arc<Sockets>, esp: Option<Esp>) -> (EngineTask, Handle) {
-        let endpoint = Endpoint::new(config.endpoint_config(), peers_for(&config), config.psks());
+    pub fn new(
+        config: Config,
+        sockets: Arc<Sockets>,
+        esp: Option<Esp>,
+    ) -> Result<(EngineTask, Handle), String> {
+        let mut endpoint = Endpoint::new(config.endpoint_config(), peers_for(&config), config.psks());
+        let ha = Ha::start(&config, &mut endpoint)?;
         let (tx, rx) = mpsc::channel(64);
-        let mut task = EngineTask { endpoint, config, sockets, esp, commands: rx, started: Instant::now() };
+        let mut task =
+            EngineTask { endpoint, config, sockets, esp, commands: rx, started: Instant::now(), ha };
         if let Some(esp) = &mut task.esp {
             esp.configure(&task.config, &mut task.endpoint);
         }
-        (task, Handle { tx })
+        Ok((task, Handle { tx }))
     }
 
     pub async fn run(
@@ -130,6 +143,9 @@ impl EngineTask {
         }
         self.endpoint.start_configured(Instant::now());
         self.flush().await;
+        let mut ha_rx = self.ha.as_mut().and_then(|h| h.take_rx());
+        let mut lease_tick = tokio::time::interval(crate::ha::LEASE_TICK);
+        lease_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let deadline = self.endpoint.poll_timeout();
             let sleep = async {
@@ -156,9 +172,61 @@ impl EngineTask {
                     }
                 }
                 _ = sleep => self.endpoint.handle_timeout(Instant::now()),
+                ev = async {
+                    match ha_rx.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    match ev {
+                        Some(ev) => {
+                            if let Some(ha) = self.ha.as_mut() {
+                                let r = ha.link_event(Instant::now(), ev, &mut self.endpoint, self.esp.as_ref());
+                                self.apply_released(r).await;
+                            }
+                        }
+                        None => ha_rx = None,
+                    }
+                }
+                _ = lease_tick.tick(), if self.ha.as_ref().is_some_and(|h| h.is_active()) => {
+                    if let Some(ha) = self.ha.as_mut() {
+                        let r = ha.lease_tick(Instant::now(), self.esp.as_ref());
+                        self.apply_released(r).await;
+                    }
+                }
             }
             self.flush().await;
         }
+    }
+
+    /// What the HA sync released: held datagrams to send, lease ceilings to raise, CHILD SAs to
+    /// rekey because their lease cannot grow without the standby.
+    async fn apply_released(&mut self, r: tandem_ha::Released<tandem_ike::Transmit>) {
+        for (spi_in, ceiling) in r.ceilings {
+            if let Some(esp) = &self.esp {
+                esp.handle().set_ceiling(spi_in, ceiling);
+            }
+        }
+        for spi_in in r.rekeys {
+            info!(target: "ha", spi_in = format_args!("{spi_in:#010x}"), "rekeying: its sequence-number lease cannot grow without the standby");
+            let _ = self.endpoint.rekey_child_sa(Instant::now(), spi_in);
+        }
+        for t in r.datagrams {
+            self.send_transmit(t).await;
+        }
+    }
+
+    // `&mut self`, not `&self`: the future must stay `Send` (the engine is not `Sync`).
+    async fn send_transmit(&mut self, t: tandem_ike::Transmit) {
+        if let Some(esp) = self.esp.as_ref().filter(|e| t.local.port() == e.natt_port()) {
+            // The dataplane owns the NAT-T sockets (IKE and ESP share them, RFC 3948).
+            if let Err(e) = esp.handle().send_ike(t.local, t.remote, &t.data) {
+                debug!(target: "io", remote = %t.remote, "send: {e}");
+            }
+            return;
+        }
+        let sockets = self.sockets.clone();
+        sockets.send(t.local, t.remote, &t.data).await;
     }
 
     /// What the dataplane reports: IKE on the NAT-T port, traffic for trap policies, unknown
@@ -197,16 +265,26 @@ impl EngineTask {
     /// before our Delete of the SA it replaces (the peer switches to it on that Delete); sending
     /// first lost the packets that raced the install (issue 9, a ping lost per ~10 rekeys).
     async fn flush(&mut self) {
+        // HA write-ahead: the standby learns of the changes before their datagrams leave.
+        if let Some(ha) = self.ha.as_mut() {
+            ha.observe();
+        }
         while let Some(e) = self.endpoint.poll_event() {
             match e {
                 Event::ChildSaUp(c) => match &mut self.esp {
-                    Some(esp) => esp.install(&c),
+                    Some(esp) => match self.ha.as_mut() {
+                        Some(ha) => esp.install_resumed(&c, ha.installing(c.spi_in)),
+                        None => esp.install(&c),
+                    },
                     None => info!(target: "esp", vpn = %c.vpn, spi_in = format_args!("{:#010x}", c.spi_in),
                                   "CHILD SA up (dataplane disabled: not installed)"),
                 },
                 Event::ChildSaDown { reqid, spi_in, reason, .. } => {
                     if let Some(esp) = &mut self.esp {
                         esp.remove(reqid, spi_in, &reason);
+                    }
+                    if let Some(ha) = self.ha.as_mut() {
+                        ha.removed(spi_in);
                     }
                 }
                 Event::IkeSaUp { vpn, ike_sa } => {
@@ -216,16 +294,18 @@ impl EngineTask {
                 Event::Failure { vpn, message } => warn!(target: "ike", vpn = ?vpn, "{message}"),
             }
         }
+        let now = Instant::now();
         while let Some(t) = self.endpoint.poll_transmit() {
-            match &self.esp {
-                // The dataplane owns the NAT-T sockets (IKE and ESP share them, RFC 3948).
-                Some(esp) if t.local.port() == esp.natt_port() => {
-                    if let Err(e) = esp.handle().send_ike(t.local, t.remote, &t.data) {
-                        debug!(target: "io", remote = %t.remote, "send: {e}");
-                    }
-                }
-                _ => self.sockets.send(t.local, t.remote, &t.data).await,
+            let t = match self.ha.as_mut() {
+                Some(ha) => ha.gate(now, t),
+                None => Some(t),
+            };
+            if let Some(t) = t {
+                self.send_transmit(t).await;
             }
+        }
+        if let Some(ha) = self.ha.as_mut() {
+            ha.send_queued();
         }
     }
 
@@ -286,6 +366,12 @@ impl EngineTask {
             Command::FlushIpsecSas(r) => {
                 let _ = r.send(self.flush_ipsec_sas(now));
             }
+            Command::HaStatus(r) => {
+                let _ = r.send(self.ha_status());
+            }
+            Command::HaSetState(state, r) => {
+                let _ = r.send(self.ha_set_state(now, &state));
+            }
             Command::Shutdown(r) => {
                 self.shutdown().await;
                 let _ = r.send(());
@@ -311,11 +397,42 @@ impl EngineTask {
         Ok(diff)
     }
 
-    /// Best-effort Deletes for established IKE SAs so peers do not wait for DPD.
+    fn ha_status(&self) -> Result<HaStatus, String> {
+        self.ha
+            .as_ref()
+            .map(|h| h.status(&self.endpoint))
+            .ok_or_else(|| "no [ha] section: not clustered".into())
+    }
+
+    fn ha_set_state(&mut self, now: Instant, state: &str) -> Result<HaStatus, String> {
+        let ha = self.ha.as_mut().ok_or("no [ha] section: not clustered")?;
+        match state {
+            "active" | "master" => {
+                if let Some(t) = ha.take_over(now, &mut self.endpoint) {
+                    info!(target: "ha", ?t, "now active");
+                }
+            }
+            "standby" | "backup" if !ha.is_active() => {}
+            "standby" | "backup" => {
+                return Err(
+                    "an active node does not step down on its own yet (planned switchover is not built)"
+                        .into(),
+                )
+            }
+            "fault" => warn!(target: "ha", "keepalived reports FAULT"),
+            other => return Err(format!("unknown HA state {other:?} (active, standby)")),
+        }
+        self.ha_status()
+    }
+
+    /// Best-effort Deletes for established IKE SAs so peers do not wait for DPD. A clustered node
+    /// sends none: the other node carries on with these SAs.
     async fn shutdown(&mut self) {
         let now = Instant::now();
-        for sa in self.endpoint.ike_sas() {
-            let _ = self.endpoint.terminate_ike_sa(now, sa.id);
+        if self.ha.is_none() {
+            for sa in self.endpoint.ike_sas() {
+                let _ = self.endpoint.terminate_ike_sa(now, sa.id);
+            }
         }
         self.flush().await;
         if let Some(esp) = &mut self.esp {

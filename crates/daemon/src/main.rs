@@ -5,6 +5,7 @@
 mod api;
 mod dataplane;
 mod engine_task;
+mod ha;
 mod ifaddr;
 mod routes;
 mod udp;
@@ -79,7 +80,7 @@ async fn run(config: Config, socket: PathBuf) -> Result<(), String> {
     let sockets = Arc::new(udp::Sockets::bind(&config.daemon, esp.is_none(), mark).await?);
     let listener = api::bind(&socket).await?;
     info!(target: "api", socket = %socket.display(), "control API listening");
-    let (engine, handle) = engine_task::EngineTask::new(config, sockets.clone(), esp);
+    let (engine, handle) = engine_task::EngineTask::new(config, sockets.clone(), esp)?;
     let (dgram_tx, dgram_rx) = tokio::sync::mpsc::channel(4096);
     sockets.spawn_receivers(dgram_tx);
     let api_task = tokio::spawn(api::serve(listener, handle.clone()));

@@ -56,6 +56,13 @@ fn bind_one(addr: SocketAddr, mark: Option<u32>) -> std::io::Result<UdpSocket> {
     if addr.is_ipv6() {
         s.set_only_v6(true)?;
     }
+    // An address that is not (yet) on an interface binds all the same: an HA standby serves its
+    // cluster's virtual address the moment keepalived adds it, without a restart.
+    if addr.is_ipv6() {
+        s.set_freebind_v6(true)?;
+    } else {
+        s.set_freebind_v4(true)?;
+    }
     s.set_reuse_address(true)?;
     // Bigger buffers absorb bursts of IKE_SA_INIT requests (load tests, reconnect storms).
     let _ = s.set_recv_buffer_size(4 << 20);

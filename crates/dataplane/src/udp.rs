@@ -27,6 +27,13 @@ impl EncapSocket {
         if addr.is_ipv6() {
             s.set_only_v6(true)?;
         }
+        // An address that is not (yet) on an interface binds all the same: an HA standby serves its
+        // cluster's virtual address the moment keepalived adds it, without a restart.
+        if addr.is_ipv6() {
+            s.set_freebind_v6(true)?;
+        } else {
+            s.set_freebind_v4(true)?;
+        }
         s.set_reuse_address(true)?;
         crate::sys::set_socket_buffers(&s, buffer);
         s.bind(&addr.into())?;

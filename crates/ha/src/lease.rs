@@ -91,6 +91,11 @@ impl LeaseBook {
         self.sas.is_empty()
     }
 
+    /// Every SA in the book (inbound SPIs, unordered).
+    pub fn spis(&self) -> Vec<u32> {
+        self.sas.keys().copied().collect()
+    }
+
     /// The ceiling in force for an SA.
     pub fn ceiling(&self, spi_in: u32) -> Option<u64> {
         self.sas.get(&spi_in).map(|l| l.ceiling)

@@ -1,0 +1,337 @@
+//! The daemon's half of HA (issue 10, docs/ha.md): the sync link, the role, and the glue between
+//! the engine's observer, the sans-IO sync protocol (`tandem-ha`) and the dataplane's leases. The
+//! engine task owns it and calls it at fixed points: after every engine call (`observe`), for
+//! every datagram the engine wants to send (`gate`), for every CHILD SA it installs or removes,
+//! for every event of the link, and on a lease tick.
+
+use crate::dataplane::Esp;
+use serde::Serialize;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tandem_config::{Config, HaRole, HaSettings};
+use tandem_dataplane::tandem_esp::Resume;
+use tandem_ha::active::PeerState;
+use tandem_ha::msg::Role;
+use tandem_ha::{ActiveSync, BulkSa, Released, StandbySync, SyncMsg};
+use tandem_ha_link::{Channel, Link, LinkConfig, LinkEvent, LinkRx, LinkTx, NodeKey, Pin};
+use tandem_ike::{Endpoint, IkeSaId, SaObserver, Takeover, Transmit};
+use tracing::{info, warn};
+
+/// How often the active looks at its outbound counters for lease renewals. At 590k packets/s a
+/// lease of 65,536 lasts 110 ms and is renewed at half of it: 5 ms leaves ample margin.
+pub const LEASE_TICK: Duration = Duration::from_millis(5);
+
+enum Observed {
+    Changed(IkeSaId, zeroize::Zeroizing<Vec<u8>>),
+    Removed(IkeSaId),
+}
+
+/// The engine's observer: queues what it reports for the engine task to hand to the sync.
+struct Queue(Arc<Mutex<VecDeque<Observed>>>);
+
+impl SaObserver for Queue {
+    fn ike_sa_changed(&mut self, id: IkeSaId, snapshot: &[u8]) {
+        if let Ok(mut q) = self.0.lock() {
+            q.push_back(Observed::Changed(id, zeroize::Zeroizing::new(snapshot.to_vec())));
+        }
+    }
+    fn ike_sa_removed(&mut self, id: IkeSaId) {
+        if let Ok(mut q) = self.0.lock() {
+            q.push_back(Observed::Removed(id));
+        }
+    }
+}
+
+/// `GET /v1/ha`.
+#[derive(Debug, Clone, Serialize)]
+pub struct HaStatus {
+    pub node_id: u8,
+    pub role: &'static str,
+    /// Active: where the standby stands (`down`, `syncing`, `in-sync`). Standby: `in-sync` once a
+    /// bulk transfer completed on the current connection.
+    pub peer: &'static str,
+    pub link_up: bool,
+    pub link_generation: u64,
+    /// The other node's configuration digest matches ours (None before its Hello).
+    pub config_match: Option<bool>,
+    pub config_digest: String,
+    /// IKE SAs mirrored here (standby) or run here (active).
+    pub ike_sas: usize,
+    /// Active: sync messages not yet acknowledged.
+    pub lag_messages: u64,
+    pub since_last_sync_ms: Option<u64>,
+    pub takeovers: u64,
+    pub last_takeover: Option<Takeover>,
+    pub active: tandem_ha::active::ActiveStats,
+    pub standby: tandem_ha::standby::StandbyStats,
+    pub link: serde_json::Value,
+}
+
+pub struct Ha {
+    settings: HaSettings,
+    active_role: bool,
+    observed: Arc<Mutex<VecDeque<Observed>>>,
+    active: ActiveSync<Transmit>,
+    standby: StandbySync,
+    tx: LinkTx,
+    rx: Option<LinkRx>,
+    link_up: bool,
+    generation: u64,
+    digest: [u8; 32],
+    config_match: Option<bool>,
+    last_sync: Option<Instant>,
+    takeovers: u64,
+    last_takeover: Option<Takeover>,
+    /// Where the outbound SAs of a takeover resume, until the dataplane has them.
+    resumes: HashMap<u32, u64>,
+}
+
+impl Ha {
+    /// Start the sync link and put the endpoint in its initial role.
+    pub fn start(config: &Config, endpoint: &mut Endpoint) -> Result<Option<Ha>, String> {
+        let Some(s) = config.ha.clone() else { return Ok(None) };
+        let key = NodeKey::read_pem_file(&s.key_file)
+            .map_err(|e| format!("[ha] key-file {}: {e}", s.key_file.display()))?;
+        let local = std::net::SocketAddr::new(s.local_address, s.port);
+        let remote = std::net::SocketAddr::new(s.remote_address, s.port);
+        let pin = Pin::from_bytes(s.peer_pin.0);
+        let (tx, rx) = Link::start(LinkConfig::new(local, remote, key, pin))
+            .map_err(|e| format!("[ha] sync link: {e}"))?;
+        let observed: Arc<Mutex<VecDeque<Observed>>> = Arc::default();
+        endpoint.set_observer(Box::new(Queue(observed.clone())));
+        let active_role = s.initial_role == HaRole::Active;
+        if !active_role {
+            endpoint.set_standby();
+        }
+        info!(target: "ha", node = s.node_id, %local, %remote, role = if active_role { "active" } else { "standby" },
+              "HA node started");
+        Ok(Some(Ha {
+            active: ActiveSync::new(s.oseq_shift, s.ack_timeout),
+            standby: StandbySync::new(s.oseq_shift),
+            settings: s,
+            active_role,
+            observed,
+            tx,
+            rx: Some(rx),
+            link_up: false,
+            generation: 0,
+            digest: *config.cluster_digest().public(),
+            config_match: None,
+            last_sync: None,
+            takeovers: 0,
+            last_takeover: None,
+            resumes: HashMap::new(),
+        }))
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.active_role
+    }
+
+    /// The link's event stream, for the engine task's select loop.
+    pub fn take_rx(&mut self) -> Option<LinkRx> {
+        self.rx.take()
+    }
+
+    /// Hand what the engine's observer reported to the sync (active only).
+    pub fn observe(&mut self) {
+        let items: Vec<Observed> = match self.observed.lock() {
+            Ok(mut q) => q.drain(..).collect(),
+            Err(_) => return,
+        };
+        if !self.active_role {
+            return;
+        }
+        for o in items {
+            match o {
+                Observed::Changed(id, snap) => self.active.ike_sa_changed(id, &snap),
+                Observed::Removed(id) => self.active.ike_sa_removed(id),
+            }
+        }
+    }
+
+    /// A datagram of the engine: `Some` to send now, `None` when held for the standby's ack.
+    pub fn gate(&mut self, now: Instant, t: Transmit) -> Option<Transmit> {
+        if !self.active_role {
+            return None;
+        }
+        self.active.transmit(now, t)
+    }
+
+    /// The resume state to install a new CHILD SA with.
+    pub fn installing(&mut self, spi_in: u32) -> Resume {
+        let next_seq = self.resumes.remove(&spi_in).unwrap_or(1);
+        let ceiling = self.active.child_sa_installed(spi_in, next_seq);
+        Resume { next_seq, ceiling: Some(ceiling), ..Resume::default() }
+    }
+
+    pub fn removed(&mut self, spi_in: u32) {
+        self.active.child_sa_removed(spi_in);
+    }
+
+    /// Send what the protocol has queued.
+    pub fn send_queued(&mut self) {
+        while let Some(m) = self.active.poll_send() {
+            let channel = match m {
+                SyncMsg::IkeSa { .. } if self.active.state() == PeerState::Syncing => Channel::Bulk,
+                _ => Channel::Live,
+            };
+            self.send(channel, &m);
+        }
+    }
+
+    fn send(&mut self, channel: Channel, m: &SyncMsg) {
+        // Bulk and live share one sequence: keep them on one ordered stream so the standby applies
+        // them in order (the bulk channel is for a later split by SA).
+        let _ = channel;
+        if let Err(e) = self.tx.send(Channel::Live, m.encode().to_vec()) {
+            warn!(target: "ha", "sync message not queued: {e}");
+        }
+    }
+
+    fn hello(&mut self) {
+        let role = if self.active_role { Role::Active } else { Role::Standby };
+        let m = SyncMsg::Hello {
+            node_id: self.settings.node_id,
+            role,
+            epoch: self.takeovers,
+            config_digest: self.digest,
+        };
+        self.send(Channel::Live, &m);
+    }
+
+    /// An event of the sync link. Returns what the protocol released.
+    pub fn link_event(
+        &mut self,
+        now: Instant,
+        ev: LinkEvent,
+        endpoint: &mut Endpoint,
+        esp: Option<&Esp>,
+    ) -> Released<Transmit> {
+        let mut out = Released { datagrams: vec![], ceilings: vec![], rekeys: vec![] };
+        match ev {
+            LinkEvent::PeerUp { generation } => {
+                self.link_up = true;
+                self.generation = generation;
+                info!(target: "ha", generation, "sync link up");
+                self.hello();
+                if self.active_role {
+                    let sas = endpoint
+                        .snapshots(now)
+                        .into_iter()
+                        .map(|(id, snapshot, kids)| {
+                            let children = kids
+                                .into_iter()
+                                .map(|k| (k, esp.and_then(|e| e.handle().seq_lease(k)).map_or(0, |l| l.0)))
+                                .collect();
+                            BulkSa { id, snapshot, children }
+                        })
+                        .collect();
+                    self.active.start_bulk(sas);
+                } else {
+                    self.standby.link_up();
+                }
+            }
+            LinkEvent::PeerDown { generation, reason } => {
+                self.link_up = false;
+                warn!(target: "ha", generation, ?reason, "sync link down");
+                if self.active_role {
+                    out = self.active.link_down();
+                }
+            }
+            LinkEvent::Message { bytes, .. } => match SyncMsg::decode(&bytes) {
+                Err(e) => warn!(target: "ha", "undecodable sync message: {e}"),
+                Ok(SyncMsg::Hello { node_id, role, config_digest, .. }) => {
+                    let same = config_digest == self.digest;
+                    self.config_match = Some(same);
+                    if !same {
+                        warn!(target: "ha", peer = node_id, "the other node's configuration differs from ours (digest mismatch)");
+                    }
+                    if role == Role::Active && self.active_role {
+                        warn!(target: "ha", peer = node_id, "both nodes are active (split brain)");
+                    }
+                }
+                Ok(SyncMsg::Ack { seq }) if self.active_role => {
+                    self.last_sync = Some(now);
+                    out = self.active.ack(seq);
+                }
+                Ok(m) if !self.active_role => match self.standby.handle(now, endpoint, m) {
+                    Ok(Some(ack)) => {
+                        self.last_sync = Some(now);
+                        self.send(Channel::Live, &ack);
+                    }
+                    Ok(None) => {}
+                    Err(e) => warn!(target: "ha", "{e}"),
+                },
+                Ok(_) => {}
+            },
+        }
+        out
+    }
+
+    /// Lease renewals (active): look at every outbound counter.
+    pub fn lease_tick(&mut self, now: Instant, esp: Option<&Esp>) -> Released<Transmit> {
+        let mut out = self.active.tick(now);
+        let (Some(esp), true) = (esp, self.active_role) else { return out };
+        for spi in self.active.leases.spis() {
+            if let Some((last, _)) = esp.handle().seq_lease(spi) {
+                self.active.check_lease(spi, last, &mut out);
+            }
+        }
+        out
+    }
+
+    /// Become active: the engine runs every mirrored SA; the dataplane installs them resumed above
+    /// every number the old active could have sealed.
+    pub fn take_over(&mut self, now: Instant, endpoint: &mut Endpoint) -> Option<Takeover> {
+        if self.active_role {
+            return None;
+        }
+        for c in endpoint.child_sas() {
+            self.resumes.insert(c.spi_in, self.standby.resume_seq(c.spi_in));
+        }
+        let t = endpoint.take_over(now);
+        self.active_role = true;
+        self.takeovers += 1;
+        self.last_takeover = Some(t.clone());
+        // The standby the old active had is gone: this node starts alone, and the next standby
+        // that connects gets a bulk transfer.
+        let _ = self.active.link_down();
+        if self.link_up {
+            self.hello();
+        }
+        Some(t)
+    }
+
+    pub fn status(&self, endpoint: &Endpoint) -> HaStatus {
+        let peer = if self.active_role {
+            match self.active.state() {
+                PeerState::Down => "down",
+                PeerState::Syncing => "syncing",
+                PeerState::InSync => "in-sync",
+            }
+        } else if self.standby.in_sync() {
+            "in-sync"
+        } else {
+            "syncing"
+        };
+        HaStatus {
+            node_id: self.settings.node_id,
+            role: if self.active_role { "active" } else { "standby" },
+            peer,
+            link_up: self.link_up,
+            link_generation: self.generation,
+            config_match: self.config_match,
+            config_digest: self.digest.iter().map(|b| format!("{b:02x}")).collect(),
+            ike_sas: endpoint.ike_sas().len(),
+            lag_messages: self.active.lag(),
+            since_last_sync_ms: self.last_sync.map(|t| t.elapsed().as_millis() as u64),
+            takeovers: self.takeovers,
+            last_takeover: self.last_takeover.clone(),
+            active: self.active.stats.clone(),
+            standby: self.standby.stats.clone(),
+            link: serde_json::to_value(format!("{:?}", self.tx.stats())).unwrap_or_default(),
+        }
+    }
+}
