@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod charon;
+pub mod cluster;
 pub mod netns;
 pub mod probe;
 pub mod replay;

@@ -9,10 +9,11 @@ use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tandem_config::{Config, HaRole, HaSettings};
-use tandem_dataplane::tandem_esp::Resume;
+use tandem_config::{Config, HaRole, HaSettings, ReplayAdvance};
+use tandem_dataplane::tandem_esp::{ReplayState, Resume};
 use tandem_ha::active::PeerState;
 use tandem_ha::msg::Role;
+use tandem_ha::replay::ReplayTrigger;
 use tandem_ha::{ActiveSync, BulkSa, Released, StandbySync, SyncMsg};
 use tandem_ha_link::{Channel, Link, LinkConfig, LinkEvent, LinkRx, LinkTx, NodeKey, Pin};
 use tandem_ike::{Endpoint, IkeSaId, SaObserver, Takeover, Transmit};
@@ -83,8 +84,10 @@ pub struct Ha {
     last_sync: Option<Instant>,
     takeovers: u64,
     last_takeover: Option<Takeover>,
-    /// Where the outbound SAs of a takeover resume, until the dataplane has them.
-    resumes: HashMap<u32, u64>,
+    /// Where the SAs of a takeover resume, until the dataplane has them: the outbound counter and
+    /// the inbound replay window.
+    resumes: HashMap<u32, Resume>,
+    replay: ReplayTrigger,
 }
 
 impl Ha {
@@ -106,6 +109,7 @@ impl Ha {
         }
         info!(target: "ha", node = s.node_id, %local, %remote, role = if active_role { "active" } else { "standby" },
               "HA node started");
+        let (s_time, s_packets) = (s.sync_period_time, s.sync_period_packets);
         Ok(Some(Ha {
             active: ActiveSync::new(s.oseq_shift, s.ack_timeout),
             standby: StandbySync::new(s.oseq_shift),
@@ -122,6 +126,7 @@ impl Ha {
             takeovers: 0,
             last_takeover: None,
             resumes: HashMap::new(),
+            replay: ReplayTrigger::new(s_time, s_packets),
         }))
     }
 
@@ -161,13 +166,14 @@ impl Ha {
 
     /// The resume state to install a new CHILD SA with.
     pub fn installing(&mut self, spi_in: u32) -> Resume {
-        let next_seq = self.resumes.remove(&spi_in).unwrap_or(1);
-        let ceiling = self.active.child_sa_installed(spi_in, next_seq);
-        Resume { next_seq, ceiling: Some(ceiling), ..Resume::default() }
+        let mut r = self.resumes.remove(&spi_in).unwrap_or(Resume { next_seq: 1, ..Resume::default() });
+        r.ceiling = Some(self.active.child_sa_installed(spi_in, r.next_seq));
+        r
     }
 
     pub fn removed(&mut self, spi_in: u32) {
         self.active.child_sa_removed(spi_in);
+        self.replay.remove(spi_in);
     }
 
     /// Send what the protocol has queued.
@@ -217,6 +223,8 @@ impl Ha {
                 info!(target: "ha", generation, "sync link up");
                 self.hello();
                 if self.active_role {
+                    // A new standby needs every replay window again.
+                    self.replay.reset();
                     let sas = endpoint
                         .snapshots(now)
                         .into_iter()
@@ -270,13 +278,22 @@ impl Ha {
         out
     }
 
-    /// Lease renewals (active): look at every outbound counter.
+    /// Lease renewals and replay windows (active): look at every SA's counters.
     pub fn lease_tick(&mut self, now: Instant, esp: Option<&Esp>) -> Released<Transmit> {
         let mut out = self.active.tick(now);
         let (Some(esp), true) = (esp, self.active_role) else { return out };
+        let syncing = self.active.state() != PeerState::Down;
         for spi in self.active.leases.spis() {
             if let Some((last, _)) = esp.handle().seq_lease(spi) {
                 self.active.check_lease(spi, last, &mut out);
+            }
+            if !syncing {
+                continue;
+            }
+            if let Some(w) = esp.handle().replay_state(spi) {
+                if self.replay.due(spi, w.top, now) {
+                    self.active.replay(spi, w.window, w.top, w.bitmap);
+                }
             }
         }
         out
@@ -288,8 +305,21 @@ impl Ha {
         if self.active_role {
             return None;
         }
+        let fixed = match self.settings.replay_advance {
+            ReplayAdvance::Auto => None,
+            ReplayAdvance::Packets(n) => Some(n),
+        };
         for c in endpoint.child_sas() {
-            self.resumes.insert(c.spi_in, self.standby.resume_seq(c.spi_in));
+            let w = self.standby.window(c.spi_in);
+            self.resumes.insert(
+                c.spi_in,
+                Resume {
+                    next_seq: self.standby.resume_seq(c.spi_in),
+                    ceiling: None,
+                    replay: w.map(|w| ReplayState { window: w.window, top: w.top, bitmap: w.bitmap.clone() }),
+                    replay_advance: w.map_or(0, |w| w.advance(now, fixed)),
+                },
+            );
         }
         let t = endpoint.take_over(now);
         self.active_role = true;

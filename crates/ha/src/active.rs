@@ -31,6 +31,7 @@ pub struct ActiveStats {
     pub datagrams_held: u64,
     pub ack_timeouts: u64,
     pub bulk_transfers: u64,
+    pub replay_updates: u64,
 }
 
 /// What [`ActiveSync`] releases or asks for after an input.
@@ -125,6 +126,16 @@ impl<T> ActiveSync<T> {
         self.stats.removals += 1;
         let seq = self.next();
         self.outbox.push_back(SyncMsg::IkeSaRemoved { seq, id });
+    }
+
+    /// An inbound SA's replay window, when its `ReplayTrigger` says so.
+    pub fn replay(&mut self, spi_in: u32, window: u32, top: u64, bitmap: Vec<u64>) {
+        if !self.connected() {
+            return;
+        }
+        self.stats.replay_updates += 1;
+        let seq = self.next();
+        self.outbox.push_back(SyncMsg::Replay { seq, spi_in, window, top, bitmap });
     }
 
     /// A datagram the engine produced: `Some` to send it now, `None` when it is held until the

@@ -22,6 +22,7 @@
 pub mod active;
 pub mod lease;
 pub mod msg;
+pub mod replay;
 pub mod standby;
 
 pub use active::{ActiveSync, BulkSa, Released};

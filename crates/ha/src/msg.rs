@@ -39,6 +39,8 @@ pub enum SyncMsg {
     /// The active may seal on the outbound SA of the CHILD SA with inbound SPI `spi_in` up to
     /// sequence number `ceiling`, once this is acknowledged.
     Lease { seq: u64, spi_in: u32, ceiling: u64 },
+    /// The inbound replay window of the CHILD SA with inbound SPI `spi_in` (esp `ReplayState`).
+    Replay { seq: u64, spi_in: u32, window: u32, top: u64, bitmap: Vec<u64> },
     /// Standby to active: every message up to `seq` is applied.
     Ack { seq: u64 },
 }
@@ -51,7 +53,8 @@ impl SyncMsg {
             | SyncMsg::BulkDone { seq }
             | SyncMsg::IkeSa { seq, .. }
             | SyncMsg::IkeSaRemoved { seq, .. }
-            | SyncMsg::Lease { seq, .. } => Some(*seq),
+            | SyncMsg::Lease { seq, .. }
+            | SyncMsg::Replay { seq, .. } => Some(*seq),
             SyncMsg::Hello { .. } | SyncMsg::Ack { .. } => None,
         }
     }
@@ -100,6 +103,7 @@ mod tests {
             SyncMsg::IkeSa { seq: 3, id: 0x1234, snapshot: Zeroizing::new(vec![1, 2, 3]) },
             SyncMsg::IkeSaRemoved { seq: 4, id: 0x1234 },
             SyncMsg::Lease { seq: 5, spi_in: 0xc000_0001, ceiling: 1 << 40 },
+            SyncMsg::Replay { seq: 6, spi_in: 7, window: 128, top: 1000, bitmap: vec![u64::MAX, 3] },
             SyncMsg::Ack { seq: u64::MAX },
         ];
         for m in msgs {

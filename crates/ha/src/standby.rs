@@ -4,6 +4,7 @@
 
 use crate::lease::resume_at;
 use crate::msg::SyncMsg;
+use crate::replay::MirroredWindow;
 use std::collections::HashMap;
 use std::time::Instant;
 use tandem_ike::Endpoint;
@@ -32,6 +33,8 @@ pub struct StandbySync {
     applied: u64,
     /// Ceilings acknowledged, by inbound SPI.
     leases: HashMap<u32, u64>,
+    /// Inbound replay windows, by inbound SPI.
+    windows: HashMap<u32, MirroredWindow>,
     /// A bulk transfer is complete since the last (re)connection.
     in_sync: bool,
     pub stats: StandbyStats,
@@ -43,6 +46,7 @@ impl StandbySync {
             shift: oseq_shift.max(2),
             applied: 0,
             leases: HashMap::new(),
+            windows: HashMap::new(),
             in_sync: false,
             stats: StandbyStats::default(),
         }
@@ -80,6 +84,7 @@ impl StandbySync {
                     ep.unmirror(id);
                 }
                 self.leases.clear();
+                self.windows.clear();
                 self.in_sync = false;
                 self.stats.bulk_transfers += 1;
             }
@@ -96,6 +101,7 @@ impl StandbySync {
             SyncMsg::IkeSaRemoved { id, .. } => {
                 for c in ep.child_sas().iter().filter(|c| c.ike_sa == id) {
                     self.leases.remove(&c.spi_in);
+                    self.windows.remove(&c.spi_in);
                 }
                 ep.unmirror(id);
             }
@@ -103,11 +109,20 @@ impl StandbySync {
                 let l = self.leases.entry(spi_in).or_default();
                 *l = (*l).max(ceiling);
             }
+            SyncMsg::Replay { spi_in, window, top, bitmap, .. } => {
+                let w = MirroredWindow::update(self.windows.get(&spi_in), window, top, bitmap, now);
+                self.windows.insert(spi_in, w);
+            }
             SyncMsg::Hello { .. } | SyncMsg::Ack { .. } => {}
         }
         self.applied = seq;
         self.stats.applied += 1;
         Ok(Some(SyncMsg::Ack { seq }))
+    }
+
+    /// The mirrored inbound window of this CHILD SA, if any.
+    pub fn window(&self, spi_in: u32) -> Option<&MirroredWindow> {
+        self.windows.get(&spi_in)
     }
 
     /// Where the outbound SA of this CHILD SA resumes after a takeover.
