@@ -190,7 +190,7 @@ impl EngineTask {
                 }
                 _ = lease_tick.tick(), if self.ha.as_ref().is_some_and(|h| h.is_active()) => {
                     if let Some(ha) = self.ha.as_mut() {
-                        let r = ha.lease_tick(Instant::now(), self.esp.as_ref());
+                        let r = ha.lease_tick(Instant::now(), &self.endpoint, self.esp.as_ref());
                         self.apply_released(r).await;
                     }
                 }

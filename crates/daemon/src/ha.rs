@@ -223,20 +223,7 @@ impl Ha {
                 info!(target: "ha", generation, "sync link up");
                 self.hello();
                 if self.active_role {
-                    // A new standby needs every replay window again.
-                    self.replay.reset();
-                    let sas = endpoint
-                        .snapshots(now)
-                        .into_iter()
-                        .map(|(id, snapshot, kids)| {
-                            let children = kids
-                                .into_iter()
-                                .map(|k| (k, esp.and_then(|e| e.handle().seq_lease(k)).map_or(0, |l| l.0)))
-                                .collect();
-                            BulkSa { id, snapshot, children }
-                        })
-                        .collect();
-                    self.active.start_bulk(sas);
+                    self.begin_bulk(now, endpoint, esp);
                 } else {
                     self.standby.link_up();
                 }
@@ -278,9 +265,33 @@ impl Ha {
         out
     }
 
+    /// Send the standby everything: every established IKE SA with its CHILD SAs' leases.
+    fn begin_bulk(&mut self, now: Instant, endpoint: &Endpoint, esp: Option<&Esp>) {
+        // A new standby needs every replay window again.
+        self.replay.reset();
+        let sas = endpoint
+            .snapshots(now)
+            .into_iter()
+            .map(|(id, snapshot, kids)| {
+                let children = kids
+                    .into_iter()
+                    .map(|k| (k, esp.and_then(|e| e.handle().seq_lease(k)).map_or(0, |l| l.0)))
+                    .collect();
+                BulkSa { id, snapshot, children }
+            })
+            .collect();
+        self.active.start_bulk(sas);
+    }
+
     /// Lease renewals and replay windows (active): look at every SA's counters.
-    pub fn lease_tick(&mut self, now: Instant, esp: Option<&Esp>) -> Released<Transmit> {
+    pub fn lease_tick(&mut self, now: Instant, endpoint: &Endpoint, esp: Option<&Esp>) -> Released<Transmit> {
         let mut out = self.active.tick(now);
+        if self.active_role && self.link_up && self.active.state() == PeerState::Down {
+            // The standby fell behind (no ack within ack-timeout) but is still connected: it is
+            // rebuilt from a fresh bulk transfer rather than left with a stale mirror.
+            info!(target: "ha", "resyncing the standby");
+            self.begin_bulk(now, endpoint, esp);
+        }
         let (Some(esp), true) = (esp, self.active_role) else { return out };
         let syncing = self.active.state() != PeerState::Down;
         for spi in self.active.leases.spis() {
