@@ -6,8 +6,10 @@ die() { echo "error: $*" >&2; exit 1; }
 
 # libstrongswan-standard-plugins (openssl, gcm...) is only a Recommends of strongswan-charon, which
 # --no-install-recommends leaves out; the charon test peers load those plugins.
+# keepalived: the HA tests run it per namespace (keepalived --namespace); no system keepalived may run.
 APT_PACKAGES=(strongswan-charon strongswan-swanctl libstrongswan-standard-plugins libcharon-extra-plugins
-              libstrongswan-extra-plugins iperf3 iproute2 iputils-ping python3 procps tshark nftables)
+              libstrongswan-extra-plugins iperf3 iproute2 iputils-ping python3 procps tshark nftables
+              keepalived)
 
 install_prerequisites() {
   [ "$(id -u)" = 0 ] || die "run as root (network namespaces and strongSwan need it)"
@@ -18,7 +20,8 @@ install_prerequisites() {
   done
   if [ ${#missing[@]} -gt 0 ]; then
     echo "installing: ${missing[*]}"
-    # Keep package scripts from starting system daemons (a system charon would hold UDP 500).
+    # Keep package scripts from starting system daemons (a system charon would hold UDP 500, a
+    # system keepalived would run VRRP on the host).
     local prc=/usr/sbin/policy-rc.d had_prc=0
     [ -e "$prc" ] && had_prc=1
     [ $had_prc = 1 ] || { printf '#!/bin/sh\nexit 101\n' > "$prc"; chmod +x "$prc"; }
@@ -33,6 +36,12 @@ install_prerequisites() {
   command -v tshark >/dev/null || die "tshark missing after install"
   command -v nft >/dev/null || die "nft (nftables) missing after install"
   [ -e /usr/lib/ipsec/plugins/libstrongswan-gcm.so ] || die "strongSwan's gcm plugin missing after install"
+  command -v keepalived >/dev/null || die "keepalived missing after install"
+  # The HA tests' keepalived write their pid files in their own directories; this one is the
+  # system service's. Not stopped here: it is not ours.
+  if [ -s /run/keepalived.pid ] && kill -0 "$(cat /run/keepalived.pid)" 2>/dev/null; then
+    die "a system keepalived runs (pid $(cat /run/keepalived.pid)); stop it (systemctl stop keepalived) before the tests"
+  fi
 }
 
 # Only for scripts/bench (the dataplane benchmark): WireGuard tools and boringtun as baselines.

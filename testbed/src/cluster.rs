@@ -7,13 +7,25 @@
 //!                               +---------------------- gw2 (tandemd, node 2) | sync link (veth)
 //!                                                          10.95.0.12          | 10.96.0.1 <-> 10.96.0.2
 //!                                                          lo: 10.99.10.1 -----+
+//!
+//!                              lan (bridge)               gw1 10.97.0.11, gw2 10.97.0.12
+//!                                                          (+ LAN VIP 10.97.0.10 while serving)
 //! ```
 //!
 //! The cluster's protected address (tandem's usual left inner address, 10.99.10.1) is on `lo` of
 //! both gateways, so a ping through the tunnel is answered by whichever node is active. The VIP
 //! (10.95.0.10) is the tunnel's local address on both nodes' configurations; both list it in
 //! `[daemon] listen` (tandemd binds with IP_FREEBIND) and it is configured on one node at a time
-//! (`move_vip`). Everything is removed when the `Cluster` drops, even when a test fails.
+//! (`move_vip`, or keepalived: `start_keepalived` runs `examples/ha/keepalived.conf.node{1,2}` with
+//! `examples/ha/tandem-notify.sh`, which move both VIPs and order the takeover themselves). The lan
+//! segment joins only the two gateways: it carries the second VRRP instance of keepalived's sync
+//! group (the protected hosts' gateway address), nothing routes through it.
+//!
+//! Each node's tandemd runs under its own process name (a symlink to the binary, named per run:
+//! `/proc/PID/comm` is the first 15 bytes of the name exec'd), because keepalived's
+//! `track_process` matches by name and every namespace shares the host's PID namespace.
+//! Everything is removed when the `Cluster` drops, even when a test fails: keepalived first (by
+//! the PIDs started, its `/run/keepalived/NS/` directories too), then the processes and namespaces.
 
 use crate::charon::{Charon, CharonConfig, IkeSa};
 use crate::netns::{must, unique_tag, Netns};
@@ -21,7 +33,7 @@ use crate::probe::{parse_ping, PingResult};
 use crate::tandemd::{bin_dir, TandemConf, Tandemd};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 pub const PEER_WAN: &str = "10.95.0.1";
@@ -29,6 +41,13 @@ pub const VIP: &str = "10.95.0.10";
 pub const GW_WAN: [&str; 2] = ["10.95.0.11", "10.95.0.12"];
 pub const WAN_PREFIX: u8 = 24;
 pub const SYNC: [&str; 2] = ["10.96.0.1", "10.96.0.2"];
+/// The lan segment: the second VIP of keepalived's sync group and each gateway's own address.
+pub const LAN_VIP: &str = "10.97.0.10";
+pub const GW_LAN: [&str; 2] = ["10.97.0.11", "10.97.0.12"];
+pub const LAN_PREFIX: u8 = 24;
+/// keepalived's sync group in `examples/ha/` (the notify script's `--group`): tandem's
+/// `listen-ha-group`.
+pub const HA_GROUP: &str = "TANDEM";
 /// The cluster's protected host address (on lo of both gateways) and the peer's.
 pub const CLUSTER_INNER: &str = crate::topo::LEFT_INNER4;
 pub const PEER_INNER: &str = crate::topo::RIGHT_INNER4;
@@ -44,6 +63,33 @@ pub struct Cluster {
     pub gw_if: [String; 2],
     /// Each gateway's end of the sync link.
     pub sync_if: [String; 2],
+    /// Each gateway's interface on the lan bridge (where the LAN VIP goes).
+    pub lan_if: [String; 2],
+    /// Each node's tandemd process name (comm), unique to this run.
+    pub process_name: [String; 2],
+    nodes: Option<Nodes>,
+    keepalived: [Option<Keepalived>; 2],
+}
+
+/// What `start_nodes` set up, for restarting a node with the same key, pins and configuration.
+struct Nodes {
+    conf: TandemConf,
+    ha_extra: String,
+    dirs: [PathBuf; 2],
+    keys: [PathBuf; 2],
+    pins: [String; 2],
+}
+
+/// A keepalived started by `Cluster::start_keepalived` (the parent: `-n`, it stays in the
+/// foreground; its VRRP child's PID is in `vrrp_pid_file`).
+pub struct Keepalived {
+    pub pid: u32,
+    pub conf: PathBuf,
+    /// Its console log (`-l -D`).
+    pub log: PathBuf,
+    /// The notify script's log (`--log-file`): one line per transition, epoch timestamps.
+    pub notify_log: PathBuf,
+    vrrp_pid_file: PathBuf,
 }
 
 fn veth(a: &str, b: &str) {
@@ -60,17 +106,26 @@ impl Cluster {
         let peer = Netns::new(format!("tha{tag}P"));
         let wan = Netns::new(format!("tha{tag}W"));
         let gw = [Netns::new(format!("tha{tag}A")), Netns::new(format!("tha{tag}B"))];
-        wan.ip(&["link", "add", "name", "wanbr", "type", "bridge"]);
-        wan.ip(&["link", "set", "wanbr", "up"]);
+        for br in ["wanbr", "lanbr"] {
+            wan.ip(&["link", "add", "name", br, "type", "bridge"]);
+            wan.ip(&["link", "set", br, "up"]);
+        }
         // One veth per host on the bridge: HOST side `h{tag}{x}`, bridge side `h{tag}{x}w`.
         let peer_if = format!("h{tag}p");
         let gw_if = [format!("h{tag}a"), format!("h{tag}b")];
-        for (dev, ns) in [(&peer_if, &peer), (&gw_if[0], &gw[0]), (&gw_if[1], &gw[1])] {
+        let lan_if = [format!("h{tag}l"), format!("h{tag}m")];
+        for (dev, ns, br) in [
+            (&peer_if, &peer, "wanbr"),
+            (&gw_if[0], &gw[0], "wanbr"),
+            (&gw_if[1], &gw[1], "wanbr"),
+            (&lan_if[0], &gw[0], "lanbr"),
+            (&lan_if[1], &gw[1], "lanbr"),
+        ] {
             let port = format!("{dev}w");
             veth(dev, &port);
             move_link(dev, ns);
             move_link(&port, &wan);
-            wan.ip(&["link", "set", &port, "master", "wanbr"]);
+            wan.ip(&["link", "set", &port, "master", br]);
             wan.ip(&["link", "set", &port, "up"]);
         }
         let p = WAN_PREFIX;
@@ -87,8 +142,25 @@ impl Cluster {
             ns.ip(&["addr", "add", &format!("{}/30", SYNC[i]), "dev", &sync_if[i]]);
             ns.ip(&["link", "set", &sync_if[i], "up"]);
             ns.ip(&["addr", "add", &format!("{CLUSTER_INNER}/32"), "dev", "lo"]);
+            ns.ip(&["addr", "add", &format!("{}/{LAN_PREFIX}", GW_LAN[i]), "dev", &lan_if[i]]);
+            ns.ip(&["link", "set", &lan_if[i], "up"]);
         }
-        Cluster { peer, gw, wan, peer_if, gw_if, sync_if }
+        let process_name = [format!("tdm{tag}-n1"), format!("tdm{tag}-n2")];
+        for n in &process_name {
+            assert!(n.len() <= 15, "process name {n:?} is longer than a comm (15 bytes)");
+        }
+        Cluster {
+            peer,
+            gw,
+            wan,
+            peer_if,
+            gw_if,
+            sync_if,
+            lan_if,
+            process_name,
+            nodes: None,
+            keepalived: [None, None],
+        }
     }
 
     /// The MAC address of a gateway's wan interface.
@@ -104,6 +176,16 @@ impl Cluster {
             .filter(|&i| {
                 let out = self.gw[i].ip(&["-4", "-o", "addr", "show", "dev", &self.gw_if[i]]);
                 out.contains(&format!(" {VIP}/"))
+            })
+            .collect()
+    }
+
+    /// Which gateways have the LAN VIP configured.
+    pub fn lan_vip_on(&self) -> Vec<usize> {
+        (0..2)
+            .filter(|&i| {
+                let out = self.gw[i].ip(&["-4", "-o", "addr", "show", "dev", &self.lan_if[i]]);
+                out.contains(&format!(" {LAN_VIP}/"))
             })
             .collect()
     }
@@ -130,28 +212,46 @@ impl Cluster {
         let dirs = [Tandemd::dir_for(&self.gw[0]), Tandemd::dir_for(&self.gw[1])];
         let keys = [dirs[0].join("node.pem"), dirs[1].join("node.pem")];
         let pins = [keygen(&keys[0]), keygen(&keys[1])];
-        let toml = |i: usize| {
-            let socket = dirs[i].join("tandemd.sock");
-            let mut c = conf.clone();
-            c.socket = socket.to_str().expect("utf-8 path").to_string();
-            format!(
-                "{}\n{}",
-                c.toml(),
-                ha_toml(i as u8 + 1, SYNC[i], SYNC[1 - i], roles[i], &keys[i], &pins[1 - i], ha_extra)
-            )
-        };
-        let (t0, t1) = (toml(0), toml(1));
-        let [g0, g1] = &mut self.gw;
-        let a = Tandemd::start(g0, dirs[0].clone(), &t0);
-        let b = Tandemd::start(g1, dirs[1].clone(), &t1);
-        [a, b]
+        self.nodes = Some(Nodes { conf: conf.clone(), ha_extra: ha_extra.to_string(), dirs, keys, pins });
+        [self.start_node(0, roles[0]), self.start_node(1, roles[1])]
     }
 
-    /// `kill -9` a node's tandemd (by the PID we started; checked to be tandemd), await its death
-    /// (a zombie: it holds no socket any more), and reap it.
+    /// Node `i`'s directory (its configuration, key, socket, logs, keepalived's files).
+    pub fn node_dir(&self, i: usize) -> PathBuf {
+        self.nodes.as_ref().expect("start_nodes first").dirs[i].clone()
+    }
+
+    /// Node `i`'s tandemd control socket.
+    pub fn node_socket(&self, i: usize) -> PathBuf {
+        self.node_dir(i).join("tandemd.sock")
+    }
+
+    /// Start (or restart, after `kill_node`) node `i`'s tandemd with `initial-role = role`, from
+    /// what `start_nodes` set up. The log of an earlier run is kept as `tandemd.log.N`.
+    pub fn start_node(&mut self, i: usize, role: &str) -> Tandemd {
+        let n = self.nodes.as_ref().expect("start_nodes first");
+        let dir = n.dirs[i].clone();
+        let mut c = n.conf.clone();
+        c.socket = self.node_socket(i).to_str().expect("utf-8 path").to_string();
+        let toml = format!(
+            "{}\n{}",
+            c.toml(),
+            ha_toml(i as u8 + 1, SYNC[i], SYNC[1 - i], role, &n.keys[i], &n.pins[1 - i], &n.ha_extra)
+        );
+        let log = dir.join("tandemd.log");
+        if log.exists() {
+            let kept = (1..).map(|k| dir.join(format!("tandemd.log.{k}"))).find(|p| !p.exists());
+            std::fs::rename(&log, kept.expect("a free name")).expect("keep the old tandemd log");
+        }
+        let name = self.process_name[i].clone();
+        start_tandemd_as(&mut self.gw[i], dir, &toml, &name)
+    }
+
+    /// `kill -9` a node's tandemd (by the PID we started; checked to be that node's tandemd),
+    /// await its death (a zombie: it holds no socket any more), and reap it.
     pub fn kill_node(&mut self, i: usize, t: &Tandemd) {
         let comm = std::fs::read_to_string(format!("/proc/{}/comm", t.pid)).unwrap_or_default();
-        assert_eq!(comm.trim(), "tandemd", "PID {} is not our tandemd", t.pid);
+        assert_eq!(comm.trim(), self.process_name[i], "PID {} is not node {}'s tandemd", t.pid, i + 1);
         must("kill", &["-KILL", &t.pid.to_string()]);
         let dead = crate::wait_until(Duration::from_secs(5), Duration::from_millis(1), || {
             // /proc/PID/stat: "PID (comm) STATE ..."; gone or Z once the kernel is done with it.
@@ -162,6 +262,198 @@ impl Cluster {
         assert!(dead, "tandemd {} did not die on SIGKILL", t.pid);
         self.gw[i].stop(t.pid, Duration::from_secs(2));
     }
+
+    /// keepalived's configuration for node `i`: `examples/ha/keepalived.conf.node{i+1}` with this
+    /// cluster's interface names, the node's tandemd process name, socket, tandemctl, and the notify
+    /// script copied into the node directory (with a `--log-file`). Each substituted value must be
+    /// in the example, so the example and the test cannot drift apart silently.
+    pub fn keepalived_conf(&self, i: usize) -> String {
+        let file = examples_ha().join(format!("keepalived.conf.node{}", i + 1));
+        let mut conf =
+            std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("cannot read {}: {e}", file.display()));
+        let dir = self.node_dir(i);
+        let tandemctl = std::fs::canonicalize(bin_dir().join("tandemctl")).expect("tandemctl built");
+        let notify = format!(
+            "{} --log-file {} ",
+            dir.join("tandem-notify.sh").display(),
+            dir.join("notify.log").display()
+        );
+        for p in [&dir, &tandemctl] {
+            // keepalived splits the notify and script lines at spaces.
+            assert!(
+                !p.to_string_lossy().contains(char::is_whitespace),
+                "a path with spaces: {}",
+                p.display()
+            );
+        }
+        let subst: [(&str, String); 6] = [
+            ("eth0", self.gw_if[i].clone()),
+            ("eth1", self.lan_if[i].clone()),
+            ("process tandemd\n", format!("process {}\n", self.process_name[i])),
+            ("/usr/local/sbin/tandem-notify.sh ", notify),
+            ("/usr/local/bin/tandemctl", tandemctl.display().to_string()),
+            ("/run/tandem/tandemd.sock", self.node_socket(i).display().to_string()),
+        ];
+        for (from, to) in &subst {
+            assert!(
+                conf.contains(from),
+                "{} has no {from:?} any more (testbed/src/cluster.rs substitutes it)",
+                file.display()
+            );
+            conf = conf.replace(from, to);
+        }
+        for must_have in [
+            format!("{VIP}/{WAN_PREFIX} dev {}", self.gw_if[i]),
+            format!("{LAN_VIP}/{LAN_PREFIX} dev {}", self.lan_if[i]),
+            format!("--group {HA_GROUP} "),
+            format!("vrrp_sync_group {HA_GROUP} "),
+        ] {
+            assert!(conf.contains(&must_have), "{}: no {must_have:?}", file.display());
+        }
+        conf
+    }
+
+    /// Start keepalived for node `i` in its namespace, as `keepalived --namespace=NS` (the
+    /// process connector behind `track_process` refuses a keepalived under `ip netns exec`), with
+    /// its files in the node directory: `-n -l -D -P`, per-instance pid files. Starts once both
+    /// interfaces are oper-UP (an instance on a down interface starts in FAULT) and returns once
+    /// keepalived reports "Startup complete". The node's tandemd must be running: it is tracked.
+    pub fn start_keepalived(&mut self, i: usize) {
+        assert!(self.keepalived[i].is_none(), "keepalived of node {} runs already", i + 1);
+        for dev in [&self.gw_if[i], &self.lan_if[i]] {
+            let up = crate::wait_until(Duration::from_secs(5), Duration::from_millis(10), || {
+                let out = self.gw[i].ip(&["-j", "link", "show", "dev", dev]);
+                serde_json::from_str::<Value>(&out).is_ok_and(|v| v[0]["operstate"] == "UP")
+            });
+            assert!(up, "{dev} of node {} is not oper-UP", i + 1);
+        }
+        let dir = self.node_dir(i);
+        // A copy in the node directory: keepalived (enable_script_security) refuses a script any
+        // part of whose path a non-root user can write, whatever the checkout's directories are.
+        std::fs::copy(examples_ha().join("tandem-notify.sh"), dir.join("tandem-notify.sh"))
+            .expect("copy examples/ha/tandem-notify.sh");
+        let conf = dir.join("keepalived.conf");
+        std::fs::write(&conf, self.keepalived_conf(i)).expect("write keepalived.conf");
+        // keepalived's own check of the configuration, in the namespace (its interfaces exist).
+        let check = Command::new("keepalived")
+            .arg(format!("--namespace={}", self.gw[i].name))
+            .arg("-t")
+            .arg("-f")
+            .arg(&conf)
+            .output()
+            .expect("run keepalived -t");
+        assert!(
+            check.status.success(),
+            "keepalived -t rejects {} ({}): {}{}",
+            conf.display(),
+            check.status,
+            String::from_utf8_lossy(&check.stdout),
+            String::from_utf8_lossy(&check.stderr)
+        );
+        let log = dir.join("keepalived.log");
+        let notify_log = dir.join("notify.log");
+        let vrrp_pid_file = dir.join("keepalived-vrrp.pid");
+        let out = std::fs::File::create(&log).expect("keepalived log");
+        let mut cmd = Command::new("keepalived");
+        cmd.arg(format!("--namespace={}", self.gw[i].name))
+            .args(["-n", "-l", "-D", "-P", "-f"])
+            .arg(&conf)
+            .arg("-p")
+            .arg(dir.join("keepalived.pid"))
+            .arg("-r")
+            .arg(&vrrp_pid_file)
+            .arg("-c")
+            .arg(dir.join("keepalived-checkers.pid"))
+            .stdout(out.try_clone().expect("keepalived log"))
+            .stderr(out);
+        let pid = self.gw[i].spawn(cmd);
+        let ka = Keepalived { pid, conf, log, notify_log, vrrp_pid_file };
+        let started = crate::wait_until(Duration::from_secs(10), Duration::from_millis(10), || {
+            std::fs::read_to_string(&ka.log).is_ok_and(|l| l.contains("Startup complete"))
+        });
+        let text = std::fs::read_to_string(&ka.log).unwrap_or_default();
+        self.keepalived[i] = Some(ka);
+        assert!(started, "keepalived of node {} did not start:\n{}", i + 1, tail(&text, 40));
+    }
+
+    /// Stop node `i`'s keepalived (SIGTERM: it removes its VIPs and sends a priority-0 advert),
+    /// and its VRRP child should it outlive the parent (checked to be ours by its command line).
+    pub fn stop_keepalived(&mut self, i: usize) {
+        let Some(ka) = self.keepalived[i].take() else { return };
+        self.gw[i].stop(ka.pid, Duration::from_secs(3));
+        let child =
+            std::fs::read_to_string(&ka.vrrp_pid_file).ok().and_then(|s| s.trim().parse::<u32>().ok());
+        if let Some(pid) = child {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let ours = String::from_utf8_lossy(&cmdline).contains(ka.conf.to_str().unwrap_or("\0"));
+            if ours {
+                let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).stderr(Stdio::null()).status();
+            }
+        }
+    }
+
+    /// Node `i`'s keepalived log ("" before `start_keepalived`).
+    pub fn keepalived_log(&self, i: usize) -> String {
+        self.keepalived[i].as_ref().and_then(|k| std::fs::read_to_string(&k.log).ok()).unwrap_or_default()
+    }
+
+    /// Node `i`'s notify script log.
+    pub fn notify_log(&self, i: usize) -> String {
+        self.nodes
+            .as_ref()
+            .and_then(|n| std::fs::read_to_string(n.dirs[i].join("notify.log")).ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..2 {
+            self.stop_keepalived(i);
+        }
+        // keepalived --namespace=NS keeps its run files in /run/keepalived/NS/ on the host.
+        for ns in &self.gw {
+            let _ = std::fs::remove_dir_all(Path::new("/run/keepalived").join(&ns.name));
+        }
+        let _ = std::fs::remove_dir(Path::new("/run/keepalived"));
+    }
+}
+
+/// `examples/ha/` of this checkout.
+pub fn examples_ha() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/ha")
+}
+
+/// As `Tandemd::start`, through a symlink named `name` in `dir` to the built tandemd, so the
+/// process's name (comm) is `name`; checked after the start.
+fn start_tandemd_as(ns: &mut Netns, dir: PathBuf, config_toml: &str, name: &str) -> Tandemd {
+    let bin = bin_dir().join("tandemd");
+    let bin = std::fs::canonicalize(&bin).unwrap_or_else(|_| {
+        panic!("{} is missing: build with `cargo build --workspace --bins` first", bin.display())
+    });
+    let link = dir.join(name);
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&bin, &link).expect("symlink tandemd");
+    let conf = dir.join("tandem.toml");
+    std::fs::write(&conf, config_toml).expect("write config");
+    let socket = dir.join("tandemd.sock");
+    let mut cmd = ns.command(link.to_str().expect("utf-8 path"));
+    cmd.arg("--config")
+        .arg(&conf)
+        .arg("--socket")
+        .arg(&socket)
+        .args(["--log-level", "debug"])
+        .stdout(std::fs::File::create(dir.join("stdout")).expect("stdout file"))
+        .stderr(std::fs::File::create(dir.join("tandemd.log")).expect("log file"));
+    let pid = ns.spawn(cmd);
+    let t = Tandemd { dir, socket, pid };
+    let up = crate::wait_until(Duration::from_secs(15), Duration::from_millis(25), || {
+        t.ctl(&["status"]).status.success()
+    });
+    assert!(up, "tandemd did not come up: {}", t.log());
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    assert_eq!(comm.trim(), name, "tandemd started as {name} runs as {comm:?}");
+    t
 }
 
 impl Default for Cluster {
@@ -355,4 +647,83 @@ pub fn largest_gap(r: &PingResult) -> Option<(Duration, u32, u32)> {
         .windows(2)
         .map(|w| (Duration::from_secs_f64((w[1].1 - w[0].1).max(0.0)), w[0].0, w[1].0))
         .max_by_key(|g| g.0)
+}
+
+/// `ip -ts -o monitor address` running in a namespace until `stop`: when addresses (the VIPs)
+/// came and went there, to the microsecond.
+pub struct AddrMonitor {
+    pid: u32,
+    file: PathBuf,
+}
+
+/// One address event of an `AddrMonitor`.
+#[derive(Debug, Clone)]
+pub struct AddrEvent {
+    /// Seconds since the epoch.
+    pub at: f64,
+    pub added: bool,
+    /// The address with its prefix length, e.g. `10.95.0.10/24`.
+    pub addr: String,
+}
+
+impl AddrMonitor {
+    pub fn start(ns: &mut Netns) -> AddrMonitor {
+        let file = std::env::temp_dir().join(format!("tandem-addrmon-{}-{}.txt", ns.name, unique_tag()));
+        let mut cmd = ns.command("ip");
+        cmd.env("TZ", "UTC")
+            .args(["-ts", "-o", "monitor", "address"])
+            .stdout(std::fs::File::create(&file).expect("monitor output file"))
+            .stderr(Stdio::null());
+        let pid = ns.spawn(cmd);
+        AddrMonitor { pid, file }
+    }
+
+    pub fn stop(self, ns: &mut Netns) -> Vec<AddrEvent> {
+        ns.stop(self.pid, Duration::from_secs(1));
+        let text = std::fs::read_to_string(&self.file).unwrap_or_default();
+        let _ = std::fs::remove_file(&self.file);
+        text.lines().filter_map(parse_addr_event).collect()
+    }
+}
+
+/// `[2026-12-03T15:43:32.727713] [Deleted ]3: dev    inet 10.95.0.10/24 ...` (UTC).
+fn parse_addr_event(line: &str) -> Option<AddrEvent> {
+    let (ts, rest) = line.strip_prefix('[')?.split_once(']')?;
+    let (date, time) = ts.split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let mut t = time.split(':');
+    let (hh, mm) = (t.next()?.parse::<i64>().ok()?, t.next()?.parse::<i64>().ok()?);
+    let ss = t.next()?.parse::<f64>().ok()?;
+    let at = (days_from_civil(y, m, day) * 86_400 + hh * 3600 + mm * 60) as f64 + ss;
+    let rest = rest.trim_start();
+    let added = !rest.starts_with("Deleted");
+    let mut words = rest.split_whitespace();
+    words.find(|w| *w == "inet" || *w == "inet6")?;
+    Some(AddrEvent { at, added, addr: words.next()?.to_string() })
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn addr_event_parses() {
+        let e = super::parse_addr_event(
+            "[2026-12-03T15:43:32.727713] Deleted 1: lo    inet 10.255.255.1/32 scope global lo\\       valid_lft forever",
+        )
+        .unwrap();
+        assert!(!e.added);
+        assert_eq!(e.addr, "10.255.255.1/32");
+        // date -u -d 2026-12-03T15:43:32 +%s
+        assert!((e.at - 1_796_312_612.727_713).abs() < 1e-6, "{}", e.at);
+    }
 }

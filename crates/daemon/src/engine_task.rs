@@ -245,6 +245,13 @@ impl EngineTask {
                 }
             }
             DataplaneEvent::InvalidSpi { spi, remote } => {
+                // Reported before an install that has happened since (an HA standby that took over,
+                // or a packet that raced the install): the SA is here now; telling the peer it is
+                // invalid would make it delete a working SA.
+                if self.esp.as_ref().is_some_and(|e| e.handle().sad().get_inbound(spi).is_some()) {
+                    debug!(target: "esp", spi = format_args!("{spi:#010x}"), "stale unknown-SPI report: the SA is installed now");
+                    return;
+                }
                 info!(target: "esp", spi = format_args!("{spi:#010x}"), %remote, "ESP for an unknown SPI");
                 self.endpoint.report_invalid_spi(now, remote, spi);
             }
@@ -412,12 +419,10 @@ impl EngineTask {
                     info!(target: "ha", ?t, "now active");
                 }
             }
-            "standby" | "backup" if !ha.is_active() => {}
             "standby" | "backup" => {
-                return Err(
-                    "an active node does not step down on its own yet (planned switchover is not built)"
-                        .into(),
-                )
+                if ha.step_down(&mut self.endpoint) {
+                    warn!(target: "ha", "now standby: the other node runs the SAs");
+                }
             }
             "fault" => warn!(target: "ha", "keepalived reports FAULT"),
             other => return Err(format!("unknown HA state {other:?} (active, standby)")),

@@ -221,10 +221,10 @@ impl Ha {
                 self.link_up = true;
                 self.generation = generation;
                 info!(target: "ha", generation, "sync link up");
+                // Each side introduces itself; an active node starts the bulk transfer when the
+                // other says it is a standby (now, or later after stepping down).
                 self.hello();
-                if self.active_role {
-                    self.begin_bulk(now, endpoint, esp);
-                } else {
+                if !self.active_role {
                     self.standby.link_up();
                 }
             }
@@ -243,8 +243,12 @@ impl Ha {
                     if !same {
                         warn!(target: "ha", peer = node_id, "the other node's configuration differs from ours (digest mismatch)");
                     }
-                    if role == Role::Active && self.active_role {
-                        warn!(target: "ha", peer = node_id, "both nodes are active (split brain)");
+                    match (role, self.active_role) {
+                        (Role::Active, true) => {
+                            warn!(target: "ha", peer = node_id, "both nodes are active (split brain)")
+                        }
+                        (Role::Standby, true) => self.begin_bulk(now, endpoint, esp),
+                        _ => {}
                     }
                 }
                 Ok(SyncMsg::Ack { seq }) if self.active_role => {
@@ -343,6 +347,25 @@ impl Ha {
             self.hello();
         }
         Some(t)
+    }
+
+    /// Become standby again (keepalived says BACKUP while this node is active): drop every SA
+    /// without Deletes, and ask the active node for its state.
+    pub fn step_down(&mut self, endpoint: &mut Endpoint) -> bool {
+        if !self.active_role {
+            return false;
+        }
+        let n = endpoint.demote();
+        let _ = self.active.link_down();
+        self.active_role = false;
+        self.resumes.clear();
+        self.standby = StandbySync::new(self.settings.oseq_shift);
+        self.standby.link_up();
+        warn!(target: "ha", ike_sas = n, "stepped down to standby");
+        if self.link_up {
+            self.hello();
+        }
+        true
     }
 
     pub fn status(&self, endpoint: &Endpoint) -> HaStatus {

@@ -65,9 +65,16 @@ pub struct MirroredWindow {
     pub top: u64,
     pub bitmap: Vec<u64>,
     pub(crate) at: Instant,
-    /// Packets per second between the two last updates.
+    /// Packets per second, measured over at least [`RATE_SPAN`] of updates (updates come every
+    /// few milliseconds: the rate between two of them is noise, and an overestimate drops new
+    /// packets at the takeover; 1-8 per failover in the namespace test with the two-update rate).
     pub(crate) rate: u64,
+    /// The update the rate is measured from.
+    anchor: (u64, Instant),
 }
+
+/// The shortest span the rate estimate is measured over.
+pub const RATE_SPAN: Duration = Duration::from_millis(500);
 
 impl MirroredWindow {
     pub(crate) fn update(
@@ -77,15 +84,18 @@ impl MirroredWindow {
         bitmap: Vec<u64>,
         now: Instant,
     ) -> Self {
-        let rate = match prev {
-            Some(p) if top > p.top => {
-                let dt = now.saturating_duration_since(p.at).as_micros().max(1) as u64;
-                (top - p.top).saturating_mul(1_000_000) / dt
-            }
-            Some(p) => p.rate,
-            None => 0,
+        let Some(p) = prev else {
+            return MirroredWindow { window, top, bitmap, at: now, rate: 0, anchor: (top, now) };
         };
-        MirroredWindow { window, top, bitmap, at: now, rate }
+        let (anchor_top, anchor_at) = p.anchor;
+        let span = now.saturating_duration_since(anchor_at);
+        let (rate, anchor) = if span >= RATE_SPAN {
+            let us = span.as_micros().max(1) as u64;
+            (top.saturating_sub(anchor_top).saturating_mul(1_000_000) / us, (top, now))
+        } else {
+            (p.rate, p.anchor)
+        };
+        MirroredWindow { window, top, bitmap, at: now, rate, anchor }
     }
 
     /// How far to advance the window at a takeover at `now`: `fixed`, or (`None`) the estimate.
@@ -128,7 +138,10 @@ mod tests {
     fn auto_advance_follows_the_rate_and_is_bounded() {
         let now = t0();
         let a = MirroredWindow::update(None, 1024, 1000, vec![], now);
-        let b = MirroredWindow::update(Some(&a), 1024, 2000, vec![], now + Duration::from_secs(1));
+        // A burst between two close updates does not set the rate.
+        let a2 = MirroredWindow::update(Some(&a), 1024, 1010, vec![], now + Duration::from_millis(5));
+        assert_eq!(a2.rate, 0);
+        let b = MirroredWindow::update(Some(&a2), 1024, 2000, vec![], now + Duration::from_secs(1));
         assert_eq!(b.rate, 1000);
         assert_eq!(b.advance(now + Duration::from_millis(1100), None), 100);
         assert_eq!(b.advance(now + Duration::from_secs(60), None), 512, "at most half the window");

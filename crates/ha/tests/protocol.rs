@@ -344,3 +344,22 @@ fn a_standby_that_joins_late_gets_every_sa_without_a_rekey() {
     let resumed = c.fail_over();
     assert_no_reuse(&resumed);
 }
+
+#[test]
+fn an_active_that_steps_down_drops_its_sas_without_a_word_to_the_peer() {
+    let mut c = up();
+    c.traffic(10);
+    let before = peer_spis(&c);
+    let dropped = c.a.demote();
+    assert_eq!(dropped, 1);
+    assert!(c.a.is_standby());
+    assert!(c.a.ike_sas().is_empty());
+    assert!(c.a.poll_transmit().is_none(), "no Delete or anything else to the peer");
+    let downs =
+        std::iter::from_fn(|| c.a.poll_event()).filter(|e| matches!(e, Event::ChildSaDown { .. })).count();
+    assert_eq!(downs, 1, "the dataplane is told to remove the CHILD SA");
+    // The other node takes over (here: the standby of this harness) and the peer keeps its SAs.
+    let resumed = c.fail_over();
+    assert_no_reuse(&resumed);
+    assert_eq!(peer_spis(&c), before);
+}

@@ -100,6 +100,38 @@ impl Endpoint {
         known
     }
 
+    /// Step down from active to standby (the cluster's arbiter made the other node active, e.g. a
+    /// healed VRRP split): every SA is dropped here without a word to its peer (the other node runs
+    /// it and will send this node its state again), the dataplane is told to remove the CHILD SAs
+    /// (`ChildSaDown`), and nothing is sent, timed out or initiated from now on.
+    pub fn demote(&mut self) -> usize {
+        let mut ids: Vec<IkeSaId> = self.sas.values().map(|sa| sa.id).collect();
+        ids.sort_unstable();
+        for &id in &ids {
+            let Some(mut sa) = self.sas.checkout(&id) else { continue };
+            let vpn = sa.vpn.clone().unwrap_or_default();
+            for c in std::mem::take(&mut sa.children).into_iter().filter(|c| c.announced) {
+                self.events.push_back(Event::ChildSaDown {
+                    ike_sa: id,
+                    vpn: vpn.clone(),
+                    child: c.name,
+                    reqid: c.reqid,
+                    spi_in: c.spi_in,
+                    spi_out: c.spi_out,
+                    reason: crate::api::DownReason::LocalDelete,
+                });
+            }
+            self.forget_half_open(&mut sa);
+            self.sas.discard(id);
+        }
+        self.transmits.clear();
+        self.restarts.clear();
+        self.spawned.clear();
+        self.standby = true;
+        info!(target: "ike", ike_sas = ids.len(), "stepped down to HA standby: SAs dropped here, kept by the active node");
+        ids.len()
+    }
+
     /// Leave the standby role and run every mirrored SA as this node's own (see the module doc).
     /// The caller installs the CHILD SAs of the `ChildSaUp` events with the sequence numbers and
     /// replay windows the HA layer synced, before any of them seals a packet.
