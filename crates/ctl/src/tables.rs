@@ -69,7 +69,12 @@ pub fn ike_sa_table(sas: &Value) -> String {
                 identity(&sa["local_id"]),
                 host(&sa["remote"]),
                 identity(&sa["remote_id"]),
-                s(&sa["state"]),
+                // An HA standby lists the SAs it mirrors; it does not run them.
+                if sa["standby"] == true {
+                    format!("{} (standby)", s(&sa["state"]))
+                } else {
+                    s(&sa["state"])
+                },
                 s(&sa["child_sas"]),
             ]
         })
@@ -177,6 +182,9 @@ mod tests {
             {"vpn": null, "local": "10.175.0.1:500", "local_id": null, "remote": "[2001:db8::1]:500",
              "remote_id": null, "state": "connecting", "child_sas": 0}
         ]);
+        let mirrored = json!([{"vpn": "v", "local": "10.0.0.1:500", "local_id": null, "remote": "10.0.0.2:500",
+                               "remote_id": null, "state": "established", "child_sas": 1, "standby": true}]);
+        assert!(ike_sa_table(&mirrored).contains("established (standby)"));
         assert_eq!(
             ike_sa_table(&v),
             "VPN        Local-Addr  Local-ID       Remote-Addr  Remote-ID   State        Child-SAs\n\
