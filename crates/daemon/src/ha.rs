@@ -179,18 +179,14 @@ impl Ha {
     /// Send what the protocol has queued.
     pub fn send_queued(&mut self) {
         while let Some(m) = self.active.poll_send() {
-            let channel = match m {
-                SyncMsg::IkeSa { .. } if self.active.state() == PeerState::Syncing => Channel::Bulk,
-                _ => Channel::Live,
-            };
-            self.send(channel, &m);
+            self.send(&m);
         }
     }
 
-    fn send(&mut self, channel: Channel, m: &SyncMsg) {
-        // Bulk and live share one sequence: keep them on one ordered stream so the standby applies
-        // them in order (the bulk channel is for a later split by SA).
-        let _ = channel;
+    fn send(&mut self, m: &SyncMsg) {
+        // Bulk and live messages share one numbered sequence that the standby applies in order, so
+        // one ordered stream carries both. Moving bulk to the link's lower-priority stream needs
+        // ordering per SA instead (docs/ha.md, "What is not built yet").
         if let Err(e) = self.tx.send(Channel::Live, m.encode().to_vec()) {
             warn!(target: "ha", "sync message not queued: {e}");
         }
@@ -204,7 +200,7 @@ impl Ha {
             epoch: self.takeovers,
             config_digest: self.digest,
         };
-        self.send(Channel::Live, &m);
+        self.send(&m);
     }
 
     /// An event of the sync link. Returns what the protocol released.
@@ -258,10 +254,15 @@ impl Ha {
                 Ok(m) if !self.active_role => match self.standby.handle(now, endpoint, m) {
                     Ok(Some(ack)) => {
                         self.last_sync = Some(now);
-                        self.send(Channel::Live, &ack);
+                        self.send(&ack);
                     }
                     Ok(None) => {}
-                    Err(e) => warn!(target: "ha", "{e}"),
+                    Err(e) => {
+                        // A message lost or out of order: ask for everything again.
+                        warn!(target: "ha", "{e}");
+                        self.standby.link_up();
+                        self.hello();
+                    }
                 },
                 Ok(_) => {}
             },

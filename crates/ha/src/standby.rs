@@ -37,6 +37,8 @@ pub struct StandbySync {
     windows: HashMap<u32, MirroredWindow>,
     /// A bulk transfer is complete since the last (re)connection.
     in_sync: bool,
+    /// Waiting for a `BulkStart`: what comes before it is from a numbering this node dropped.
+    awaiting_bulk: bool,
     pub stats: StandbyStats,
 }
 
@@ -48,6 +50,7 @@ impl StandbySync {
             leases: HashMap::new(),
             windows: HashMap::new(),
             in_sync: false,
+            awaiting_bulk: true,
             stats: StandbyStats::default(),
         }
     }
@@ -57,10 +60,12 @@ impl StandbySync {
         self.in_sync
     }
 
-    /// A new connection: numbering restarts with the active's bulk transfer.
+    /// A new connection, or a resync asked for: numbering restarts with the active's bulk
+    /// transfer, and what arrives before it is ignored.
     pub fn link_up(&mut self) {
         self.applied = 0;
         self.in_sync = false;
+        self.awaiting_bulk = true;
     }
 
     /// Apply one message from the active. Returns the ack to send, if any.
@@ -72,6 +77,10 @@ impl StandbySync {
     ) -> Result<Option<SyncMsg>, StandbyError> {
         let Some(seq) = msg.seq() else { return Ok(None) };
         let bulk_start = matches!(msg, SyncMsg::BulkStart { .. });
+        if self.awaiting_bulk && !bulk_start {
+            return Ok(None);
+        }
+        self.awaiting_bulk = false;
         if seq != self.applied + 1 && !bulk_start {
             self.stats.out_of_order += 1;
             return Err(StandbyError::Gap { applied: self.applied, got: seq });
