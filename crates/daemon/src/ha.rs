@@ -64,6 +64,10 @@ pub struct HaStatus {
     pub since_last_sync_ms: Option<u64>,
     pub takeovers: u64,
     pub last_takeover: Option<Takeover>,
+    /// Times the other node said it is active while this node was active too (split brain: the
+    /// sync link or VRRP was partitioned). Node-ids in SPIs and the sequence-number leases keep
+    /// the two from sealing the same (SPI, sequence number); an operator must still pick one.
+    pub split_brain: u64,
     pub active: tandem_ha::active::ActiveStats,
     pub standby: tandem_ha::standby::StandbyStats,
     pub link: serde_json::Value,
@@ -84,6 +88,7 @@ pub struct Ha {
     last_sync: Option<Instant>,
     takeovers: u64,
     last_takeover: Option<Takeover>,
+    split_brain: u64,
     /// Where the SAs of a takeover resume, until the dataplane has them: the outbound counter and
     /// the inbound replay window.
     resumes: HashMap<u32, Resume>,
@@ -125,6 +130,7 @@ impl Ha {
             last_sync: None,
             takeovers: 0,
             last_takeover: None,
+            split_brain: 0,
             resumes: HashMap::new(),
             replay: ReplayTrigger::new(s_time, s_packets),
         }))
@@ -241,7 +247,9 @@ impl Ha {
                     }
                     match (role, self.active_role) {
                         (Role::Active, true) => {
-                            warn!(target: "ha", peer = node_id, "both nodes are active (split brain)")
+                            self.split_brain += 1;
+                            warn!(target: "ha", peer = node_id, "both nodes are active (split brain): \
+                                  make one of them standby (tandemctl ha set-state standby)")
                         }
                         (Role::Standby, true) => self.begin_bulk(now, endpoint, esp),
                         _ => {}
@@ -394,6 +402,7 @@ impl Ha {
             since_last_sync_ms: self.last_sync.map(|t| t.elapsed().as_millis() as u64),
             takeovers: self.takeovers,
             last_takeover: self.last_takeover.clone(),
+            split_brain: self.split_brain,
             active: self.active.stats.clone(),
             standby: self.standby.stats.clone(),
             link: serde_json::to_value(format!("{:?}", self.tx.stats())).unwrap_or_default(),
