@@ -7,9 +7,10 @@ die() { echo "error: $*" >&2; exit 1; }
 # libstrongswan-standard-plugins (openssl, gcm...) is only a Recommends of strongswan-charon, which
 # --no-install-recommends leaves out; the charon test peers load those plugins.
 # keepalived: the HA tests run it per namespace (keepalived --namespace); no system keepalived may run.
+# spin: scripts/model-check's model checker (its verifier is compiled with gcc, as for the Rust build).
 APT_PACKAGES=(strongswan-charon strongswan-swanctl libstrongswan-standard-plugins libcharon-extra-plugins
               libstrongswan-extra-plugins iperf3 iproute2 iputils-ping python3 procps tshark nftables
-              keepalived)
+              keepalived spin)
 
 install_prerequisites() {
   [ "$(id -u)" = 0 ] || die "run as root (network namespaces and strongSwan need it)"

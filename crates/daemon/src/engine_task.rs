@@ -280,7 +280,7 @@ impl EngineTask {
             match e {
                 Event::ChildSaUp(c) => match &mut self.esp {
                     Some(esp) => match self.ha.as_mut() {
-                        Some(ha) => esp.install_resumed(&c, ha.installing(c.spi_in)),
+                        Some(ha) => esp.install_resumed(&c, ha.installing(&c, &self.endpoint)),
                         None => esp.install(&c),
                     },
                     None => info!(target: "esp", vpn = %c.vpn, spi_in = format_args!("{:#010x}", c.spi_in),

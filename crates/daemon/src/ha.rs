@@ -14,9 +14,9 @@ use tandem_dataplane::tandem_esp::{ReplayState, Resume};
 use tandem_ha::active::PeerState;
 use tandem_ha::msg::Role;
 use tandem_ha::replay::ReplayTrigger;
-use tandem_ha::{ActiveSync, BulkSa, Released, StandbySync, SyncMsg};
+use tandem_ha::{ActiveSync, BulkSa, Released, SharedExchanges, StandbySync, SyncMsg};
 use tandem_ha_link::{Channel, Link, LinkConfig, LinkEvent, LinkRx, LinkTx, NodeKey, Pin};
-use tandem_ike::{Endpoint, IkeSaId, SaObserver, Takeover, Transmit};
+use tandem_ike::{ChildSaInstall, Endpoint, IkeSaId, SaObserver, Takeover, Transmit};
 use tracing::{info, warn};
 
 /// How often the active looks at its outbound counters for lease renewals. At 590k packets/s a
@@ -64,6 +64,10 @@ pub struct HaStatus {
     pub since_last_sync_ms: Option<u64>,
     pub takeovers: u64,
     pub last_takeover: Option<Takeover>,
+    /// Takeovers from a mirror that was not known to be current (no complete bulk transfer on the
+    /// connection, or the link gone before the takeover): IKE SAs the old active ran on alone may
+    /// have moved on (docs/ha.md, "Known faults").
+    pub stale_takeovers: u64,
     /// Times the other node said it is active while this node was active too (split brain: the
     /// sync link or VRRP was partitioned). Node-ids in SPIs and the sequence-number leases keep
     /// the two from sealing the same (SPI, sequence number); an operator must still pick one.
@@ -89,6 +93,9 @@ pub struct Ha {
     takeovers: u64,
     last_takeover: Option<Takeover>,
     split_brain: u64,
+    stale_takeovers: u64,
+    /// Requests another node may complete too, and the CHILD SAs they make.
+    shared: SharedExchanges,
     /// Where the SAs of a takeover resume, until the dataplane has them: the outbound counter and
     /// the inbound replay window.
     resumes: HashMap<u32, Resume>,
@@ -131,6 +138,8 @@ impl Ha {
             takeovers: 0,
             last_takeover: None,
             split_brain: 0,
+            stale_takeovers: 0,
+            shared: SharedExchanges::new(),
             resumes: HashMap::new(),
             replay: ReplayTrigger::new(s_time, s_packets),
         }))
@@ -157,7 +166,10 @@ impl Ha {
         for o in items {
             match o {
                 Observed::Changed(id, snap) => self.active.ike_sa_changed(id, &snap),
-                Observed::Removed(id) => self.active.ike_sa_removed(id),
+                Observed::Removed(id) => {
+                    self.shared.removed(id);
+                    self.active.ike_sa_removed(id)
+                }
             }
         }
     }
@@ -170,11 +182,31 @@ impl Ha {
         self.active.transmit(now, t)
     }
 
-    /// The resume state to install a new CHILD SA with.
-    pub fn installing(&mut self, spi_in: u32) -> Resume {
-        let mut r = self.resumes.remove(&spi_in).unwrap_or(Resume { next_seq: 1, ..Resume::default() });
-        r.ceiling = Some(self.active.child_sa_installed(spi_in, r.next_seq));
+    /// The resume state to install a new CHILD SA with: where a takeover resumes it, else 1; or,
+    /// for an SA whose keys the old active may have used (it completes a request this node
+    /// inherited), above anything the old active could have sealed.
+    pub fn installing(&mut self, c: &ChildSaInstall, endpoint: &Endpoint) -> Resume {
+        let spi_in = c.spi_in;
+        let shared = self.shared.installing(c.ike_sa, endpoint.outstanding_request(c.ike_sa));
+        let mut r = self.resumes.remove(&spi_in).unwrap_or_else(|| Resume {
+            next_seq: if shared.inherited { self.standby.resume_seq(spi_in) } else { 1 },
+            ..Resume::default()
+        });
+        if shared.inherited || shared.left_behind {
+            info!(target: "ha", spi_in = format_args!("{spi_in:#010x}"), next_seq = r.next_seq,
+                  inherited = shared.inherited, left_behind = shared.left_behind,
+                  "CHILD SA from a request the other node may complete too");
+        }
+        r.ceiling = Some(self.active.child_sa_installed(spi_in, r.next_seq, shared.left_behind));
         r
+    }
+
+    /// The standby is gone (link down, or too slow): the requests outstanding now are held by it
+    /// too, and it may complete them after a takeover.
+    fn note_solo(&mut self, was: PeerState, endpoint: &Endpoint) {
+        if was != PeerState::Down && self.active.state() == PeerState::Down {
+            self.shared.left_behind(endpoint.outstanding_requests());
+        }
     }
 
     pub fn removed(&mut self, spi_in: u32) {
@@ -234,7 +266,9 @@ impl Ha {
                 self.link_up = false;
                 warn!(target: "ha", generation, ?reason, "sync link down");
                 if self.active_role {
+                    let was = self.active.state();
                     out = self.active.link_down();
+                    self.note_solo(was, endpoint);
                 }
             }
             LinkEvent::Message { bytes, .. } => match SyncMsg::decode(&bytes) {
@@ -257,7 +291,7 @@ impl Ha {
                 }
                 Ok(SyncMsg::Ack { seq }) if self.active_role => {
                     self.last_sync = Some(now);
-                    out = self.active.ack(seq);
+                    out = self.active.ack(now, seq);
                 }
                 Ok(m) if !self.active_role => match self.standby.handle(now, endpoint, m) {
                     Ok(Some(ack)) => {
@@ -298,7 +332,9 @@ impl Ha {
 
     /// Lease renewals and replay windows (active): look at every SA's counters.
     pub fn lease_tick(&mut self, now: Instant, endpoint: &Endpoint, esp: Option<&Esp>) -> Released<Transmit> {
+        let was = self.active.state();
         let mut out = self.active.tick(now);
+        self.note_solo(was, endpoint);
         if self.active_role && self.link_up && self.active.state() == PeerState::Down {
             // The standby fell behind (no ack within ack-timeout) but is still connected: it is
             // rebuilt from a fresh bulk transfer rather than left with a stale mirror.
@@ -329,6 +365,17 @@ impl Ha {
         if self.active_role {
             return None;
         }
+        if !self.standby.in_sync() || !self.link_up {
+            // Taken over anyway: the active may simply have died (its death is what took the link
+            // down), and nothing better than this mirror exists. But an active that ran alone after
+            // the link went (a partition, or an ack timeout) may have moved IKE SAs on.
+            self.stale_takeovers += 1;
+            warn!(target: "ha", in_sync = self.standby.in_sync(), link_up = self.link_up,
+                  "taking over from a mirror not known to be current");
+        }
+        // Requests the old active had outstanding: it may have completed them and sealed on the
+        // CHILD SAs they made (model finding F1).
+        self.shared.inherited(endpoint.outstanding_requests());
         let fixed = match self.settings.replay_advance {
             ReplayAdvance::Auto => None,
             ReplayAdvance::Packets(n) => Some(n),
@@ -368,6 +415,7 @@ impl Ha {
         let _ = self.active.link_down();
         self.active_role = false;
         self.resumes.clear();
+        self.shared = SharedExchanges::new();
         self.standby = StandbySync::new(self.settings.oseq_shift);
         self.standby.link_up();
         warn!(target: "ha", ike_sas = n, "stepped down to standby");
@@ -403,6 +451,7 @@ impl Ha {
             takeovers: self.takeovers,
             last_takeover: self.last_takeover.clone(),
             split_brain: self.split_brain,
+            stale_takeovers: self.stale_takeovers,
             active: self.active.stats.clone(),
             standby: self.standby.stats.clone(),
             link: serde_json::to_value(format!("{:?}", self.tx.stats())).unwrap_or_default(),

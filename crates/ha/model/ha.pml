@@ -25,16 +25,19 @@
  *     BROKEN_RESUME_AT_LEASE  resume at max(lease, shift), not + 1
  *     BROKEN_ACK_ON_RECEIPT the standby acknowledges what it received, even a message it refused
  *                           because of a gap
- *   the Rust code as built, where the model (default) follows the intended rule (findings):
- *     ASBUILT_INSTALL_AT_1  F1: crates/daemon/src/ha.rs `Ha::installing` installs a CHILD SA that
- *                           was not mirrored at takeover at next_seq 1 (`unwrap_or(1)`)
- *     ASBUILT_SOLO_GRANT    F2: `LeaseBook::add_from(.., standby_connected)`: a CHILD SA that
- *                           completes while solo counts as never mirrored, even if the exchange
- *                           that made it (with its KE) was mirrored
+ *   the Rust code before the fixes of findings F1, F2 and F4 (kept so that a return of the old
+ *   behaviour is caught; the default follows the code as fixed):
+ *     OLD_INSTALL_AT_1      F1: `Ha::installing` installed a CHILD SA that was not mirrored at
+ *                           takeover at next_seq 1; now one that completes a request inherited at
+ *                           takeover resumes at `StandbySync::resume_seq` (`SharedExchanges`)
+ *     OLD_SOLO_GRANT        F2: a CHILD SA that completed while solo counted as never mirrored,
+ *                           even if the exchange that made it (with its KE) was mirrored; now
+ *                           `SharedExchanges::left_behind` makes it count as mirrored
+ *     OLD_SYNCING_RELEASE   F4: `ActiveSync::transmit` held only in `InSync`, not while `Syncing`
+ *   the Rust code as built, where the model (default) follows the intended rule:
  *     ASBUILT_STALE_TAKEOVER F3: check I2/I3 also when the standby takes over a mirror the active
- *                           had stopped syncing (`Ha::take_over` checks nothing)
- *     ASBUILT_SYNCING_RELEASE F4: `ActiveSync::transmit` holds only in `InSync`, not while
- *                           `Syncing`
+ *                           had stopped syncing (`Ha::take_over` counts it, `stale_takeovers`, and
+ *                           takes over anyway)
  *   LIVE: the liveness property instead of the safety one (pan -a -f).
  */
 
@@ -200,7 +203,7 @@ inline changed() {
 /* ActiveSync::transmit: a datagram leaves now, or is held until the standby acked seq. */
 #if defined(BROKEN_RELEASE_EARLY)
 #define HOLDS 0
-#elif defined(ASBUILT_SYNCING_RELEASE)
+#elif defined(OLD_SYNCING_RELEASE)
 #define HOLDS (s_state == INSYNC && s_acked < s_seq)
 #else
 #define HOLDS (s_state != DOWN && s_acked < s_seq)
@@ -322,7 +325,7 @@ end:
                 the old one removed (LeaseBook::remove). */
              printf("A: request %d done: key %d\n", m, GEN(m, a_out));
              a_gen = GEN(m, a_out); a_out = 0; a_seq = 0; a_ceil = CEIL0; a_asked = 0;
-#ifdef ASBUILT_SOLO_GRANT
+#ifdef OLD_SOLO_GRANT
              a_mirr = CONNECTED;
 #else
              a_mirr = CONNECTED || a_reqmir;        /* the standby may derive this key */
@@ -491,7 +494,7 @@ end_active:
              :: m_out == NA ->
                 /* an exchange the old active began: the key may be one A sealed with.
                    EngineTask::flush -> Ha::installing(spi_in) */
-#ifdef ASBUILT_INSTALL_AT_1
+#ifdef OLD_INSTALL_AT_1
                 b_seal(g, 1)                       /* resumes.remove(..).unwrap_or(1) */
 #else
                 r = RESUME(g); b_seal(g, r)        /* StandbySync::resume_seq(spi_in) */

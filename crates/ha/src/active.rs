@@ -35,7 +35,7 @@ pub struct ActiveStats {
 }
 
 /// What [`ActiveSync`] releases or asks for after an input.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Released<T> {
     /// Datagrams whose state the standby has: send them now, in this order.
     pub datagrams: Vec<T>,
@@ -43,6 +43,13 @@ pub struct Released<T> {
     pub ceilings: Vec<(u32, u64)>,
     /// CHILD SAs to rekey (their lease cannot grow while the standby is away).
     pub rekeys: Vec<u32>,
+}
+
+// Not derived: that would require `T: Default`.
+impl<T> Default for Released<T> {
+    fn default() -> Self {
+        Released { datagrams: Vec::new(), ceilings: Vec::new(), rekeys: Vec::new() }
+    }
 }
 
 /// One IKE SA for the bulk transfer: its snapshot and its CHILD SAs as (inbound SPI, outbound
@@ -64,6 +71,10 @@ pub struct ActiveSync<T> {
     outbox: VecDeque<SyncMsg>,
     /// Datagrams waiting for an ack of this sequence number, with when they were held.
     held: VecDeque<(u64, Instant, T)>,
+    /// Since when messages have been waiting for an ack with no ack coming: None while nothing is
+    /// unacknowledged, reset by every ack that moves forward (a long bulk transfer that is being
+    /// acknowledged is progress, not a timeout).
+    waiting_since: Option<Instant>,
     ack_timeout: Duration,
     pub leases: LeaseBook,
     pub stats: ActiveStats,
@@ -79,6 +90,7 @@ impl<T> ActiveSync<T> {
             bulk_done: None,
             outbox: VecDeque::new(),
             held: VecDeque::new(),
+            waiting_since: None,
             ack_timeout,
             leases: LeaseBook::new(oseq_shift),
             stats: ActiveStats::default(),
@@ -139,21 +151,37 @@ impl<T> ActiveSync<T> {
     }
 
     /// A datagram the engine produced: `Some` to send it now, `None` when it is held until the
-    /// standby acknowledges the state it came from (see [`ActiveSync::ack`]).
+    /// standby acknowledges the state it came from (see [`ActiveSync::ack`]). Held while a bulk
+    /// transfer runs too: a standby that applied the bulk's end says it is in sync, so the live
+    /// changes after it must reach it before the peer sees them (model finding F4).
     pub fn transmit(&mut self, now: Instant, t: T) -> Option<T> {
-        if self.state != PeerState::InSync || self.acked >= self.seq {
+        if !self.connected() || self.acked >= self.seq {
             return Some(t);
         }
         self.stats.datagrams_held += 1;
+        self.waiting_since.get_or_insert(now);
         self.held.push_back((self.seq, now, t));
         None
     }
 
-    /// A CHILD SA was installed with its first outbound sequence number `next_seq` (1, or where a
-    /// takeover resumes it): the ceiling to install its outbound SA with.
-    pub fn child_sa_installed(&mut self, spi_in: u32, next_seq: u64) -> u64 {
+    /// A CHILD SA was installed with its first outbound sequence number `next_seq` (1, or above
+    /// where another node may have sealed on the same keys): the ceiling to install its outbound SA
+    /// with. `left_behind`: a standby this node lost may complete the exchange that made it
+    /// (`SharedExchanges`), so it gets no solo leases.
+    ///
+    /// An SA that starts above 1 while a standby is connected starts paused (ceiling `next_seq -
+    /// 1`) with its lease asked for at once: the standby would otherwise resume it at
+    /// `oseq-shift + 1`, inside the numbers this node is about to seal (model finding F1).
+    pub fn child_sa_installed(&mut self, spi_in: u32, next_seq: u64, left_behind: bool) -> u64 {
         let connected = self.connected();
-        self.leases.add_from(spi_in, next_seq, connected)
+        if connected && next_seq > 1 {
+            let seq = self.next();
+            let (ceiling, ask) = self.leases.add_paused(spi_in, next_seq, seq);
+            self.stats.leases_asked += 1;
+            self.outbox.push_back(SyncMsg::Lease { seq, spi_in, ceiling: ask });
+            return ceiling;
+        }
+        self.leases.add_from(spi_in, next_seq, connected || left_behind)
     }
 
     pub fn child_sa_removed(&mut self, spi_in: u32) {
@@ -177,13 +205,14 @@ impl<T> ActiveSync<T> {
         }
     }
 
-    /// The standby applied everything up to `seq`.
-    pub fn ack(&mut self, seq: u64) -> Released<T> {
-        let mut out = Released { datagrams: Vec::new(), ceilings: Vec::new(), rekeys: Vec::new() };
+    /// The standby applied everything up to `seq` (the ack arrived at `now`).
+    pub fn ack(&mut self, now: Instant, seq: u64) -> Released<T> {
+        let mut out = Released::default();
         if seq <= self.acked || seq > self.seq {
             return out;
         }
         self.acked = seq;
+        self.waiting_since = (seq < self.seq).then_some(now);
         if self.bulk_done.is_some_and(|b| b <= seq) {
             self.bulk_done = None;
             self.state = PeerState::InSync;
@@ -202,36 +231,46 @@ impl<T> ActiveSync<T> {
         out
     }
 
-    /// Datagrams held longer than `ack-timeout`: the standby is too slow to keep up, so it is
-    /// treated as gone (solo mode) and everything held leaves. It rejoins through a bulk sync.
+    /// The standby is too slow to keep up: treated as gone (solo mode), everything held leaves,
+    /// and it rejoins through a bulk sync. That is when datagrams are held and no ack moved
+    /// forward for `ack-timeout`, or when other messages (lease asks, replay windows) wait that
+    /// long: a lease ask left unanswered would stall its SA at the ceiling.
     pub fn tick(&mut self, now: Instant) -> Released<T> {
-        let late =
-            self.held.front().is_some_and(|(_, t, _)| now.saturating_duration_since(*t) > self.ack_timeout);
-        if !late {
-            return Released { datagrams: Vec::new(), ceilings: Vec::new(), rekeys: Vec::new() };
+        if !self.connected() || self.acked >= self.seq {
+            self.waiting_since = None;
+            return Released::default();
+        }
+        let since = *self.waiting_since.get_or_insert(now);
+        let limit = if self.held.is_empty() { self.stall_timeout() } else { self.ack_timeout };
+        if now.saturating_duration_since(since) <= limit {
+            return Released::default();
         }
         self.stats.ack_timeouts += 1;
         warn!(target: "ha", lag = self.lag(), "standby did not acknowledge within the ack timeout: going solo");
         self.link_down()
     }
 
+    /// How long messages other than held datagrams may wait: a lease is asked for half a lease
+    /// ahead, so there is time, but not forever.
+    fn stall_timeout(&self) -> Duration {
+        self.ack_timeout.max(Duration::from_secs(1))
+    }
+
     /// When the next `tick` may have work.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.held.front().map(|(_, t, _)| *t + self.ack_timeout)
+        let limit = if self.held.is_empty() { self.stall_timeout() } else { self.ack_timeout };
+        self.waiting_since.map(|t| t + limit)
     }
 
     /// The sync connection is gone: solo mode; everything held leaves now.
     pub fn link_down(&mut self) -> Released<T> {
         self.state = PeerState::Down;
+        self.waiting_since = None;
         self.bulk_done = None;
         self.outbox.clear();
         self.leases.link_down();
         self.acked = self.seq;
-        Released {
-            datagrams: self.held.drain(..).map(|(_, _, t)| t).collect(),
-            ceilings: Vec::new(),
-            rekeys: Vec::new(),
-        }
+        Released { datagrams: self.held.drain(..).map(|(_, _, t)| t).collect(), ..Released::default() }
     }
 
     /// A standby connected: send it everything, every established IKE SA. Each SA's leases go
@@ -277,7 +316,7 @@ mod tests {
         assert_eq!(a.transmit(now, "solo"), Some("solo"), "no standby: nothing held");
         a.start_bulk(vec![]);
         while a.poll_send().is_some() {}
-        a.ack(2);
+        a.ack(now, 2);
         assert_eq!(a.state(), PeerState::InSync);
         assert_eq!(a.transmit(now, "x"), Some("x"), "nothing unacknowledged");
         a.ike_sa_changed(9, b"snap");
@@ -285,8 +324,8 @@ mod tests {
         assert_eq!(a.transmit(now, "resp"), None);
         a.ike_sa_changed(9, b"snap2");
         assert_eq!(a.transmit(now, "req"), None);
-        assert_eq!(a.ack(3).datagrams, vec!["resp"]);
-        assert_eq!(a.ack(4).datagrams, vec!["req"]);
+        assert_eq!(a.ack(now, 3).datagrams, vec!["resp"]);
+        assert_eq!(a.ack(now, 4).datagrams, vec!["req"]);
     }
 
     #[test]
@@ -294,7 +333,7 @@ mod tests {
         let now = t0();
         let mut a: ActiveSync<u8> = ActiveSync::new(1000, Duration::from_millis(50));
         a.start_bulk(vec![]);
-        a.ack(2);
+        a.ack(now, 2);
         a.ike_sa_changed(1, b"s");
         assert_eq!(a.transmit(now, 1), None);
         assert!(a.tick(now + Duration::from_millis(10)).datagrams.is_empty());
@@ -306,7 +345,7 @@ mod tests {
     #[test]
     fn bulk_sends_leases_before_their_snapshot() {
         let mut a: ActiveSync<u8> = ActiveSync::new(100, Duration::from_millis(50));
-        a.child_sa_installed(5, 1);
+        a.child_sa_installed(5, 1, false);
         a.start_bulk(vec![BulkSa {
             id: 1,
             snapshot: Zeroizing::new(b"s".to_vec()),
@@ -317,8 +356,72 @@ mod tests {
         assert_eq!(sent[1], SyncMsg::Lease { seq: 2, spi_in: 5, ceiling: 170 });
         assert!(matches!(sent[2], SyncMsg::IkeSa { seq: 3, id: 1, .. }));
         assert_eq!(sent[3], SyncMsg::BulkDone { seq: 4 });
-        let r = a.ack(4);
+        let r = a.ack(t0(), 4);
         assert_eq!(r.ceilings, vec![(5, 170)]);
         assert_eq!(a.state(), PeerState::InSync);
+    }
+
+    #[test]
+    fn datagrams_are_held_during_a_bulk_transfer_while_it_is_acknowledged() {
+        let now = t0();
+        let ms = Duration::from_millis;
+        let mut a: ActiveSync<u8> = ActiveSync::new(100, ms(50));
+        let sas = (1..=3).map(|id| BulkSa { id, snapshot: Zeroizing::new(b"s".to_vec()), children: vec![] });
+        a.start_bulk(sas.collect());
+        assert_eq!(a.state(), PeerState::Syncing);
+        assert_eq!(a.transmit(now, 1), None, "the bulk's end is not acknowledged: held");
+        // Acks keep coming, each within the timeout of the last: no timeout however long the bulk.
+        for (i, seq) in (1..=4).enumerate() {
+            let t = now + ms(40) * (i as u32 + 1);
+            assert!(a.ack(t, seq).datagrams.is_empty());
+            assert!(a.tick(t + ms(30)).datagrams.is_empty(), "progress at ack {seq}");
+        }
+        assert_eq!(a.ack(now + ms(200), 5).datagrams, vec![1], "BulkDone acknowledged");
+        assert_eq!(a.state(), PeerState::InSync);
+    }
+
+    #[test]
+    fn an_unanswered_lease_ask_ends_in_solo_mode() {
+        let now = t0();
+        let mut a: ActiveSync<u8> = ActiveSync::new(100, Duration::from_millis(50));
+        a.start_bulk(vec![]);
+        while a.poll_send().is_some() {}
+        a.ack(now, 2);
+        a.child_sa_installed(5, 1, false);
+        let mut out = Released::default();
+        a.check_lease(5, 60, &mut out);
+        assert!(matches!(a.poll_send(), Some(SyncMsg::Lease { seq: 3, .. })));
+        assert!(a.tick(now).datagrams.is_empty());
+        a.tick(now + Duration::from_millis(500));
+        assert_eq!(a.state(), PeerState::InSync, "a lease is asked half a lease ahead: time to wait");
+        a.tick(now + Duration::from_millis(1100));
+        assert_eq!(a.state(), PeerState::Down, "but not forever");
+    }
+
+    #[test]
+    fn an_sa_resumed_above_1_while_a_standby_is_connected_waits_for_its_lease() {
+        let now = t0();
+        let mut a: ActiveSync<u8> = ActiveSync::new(100, Duration::from_millis(50));
+        a.start_bulk(vec![]);
+        while a.poll_send().is_some() {}
+        a.ack(now, 2);
+        assert_eq!(a.child_sa_installed(5, 101, false), 100, "paused: nothing may be sealed yet");
+        assert_eq!(a.poll_send(), Some(SyncMsg::Lease { seq: 3, spi_in: 5, ceiling: 200 }));
+        assert_eq!(a.ack(now, 3).ceilings, vec![(5, 200)]);
+        assert_eq!(a.link_down().datagrams, vec![]);
+        assert_eq!(a.child_sa_installed(6, 101, false), 200, "solo: the implicit lease from 101");
+    }
+
+    #[test]
+    fn an_sa_a_lost_standby_may_complete_gets_no_solo_lease() {
+        let mut a: ActiveSync<u8> = ActiveSync::new(100, Duration::from_millis(50));
+        assert_eq!(a.child_sa_installed(5, 1, true), 100);
+        let mut out = Released::default();
+        a.check_lease(5, 60, &mut out);
+        assert_eq!((out.ceilings, out.rekeys), (vec![], vec![5]), "rekeyed, not raised (model finding F2)");
+        a.child_sa_installed(6, 1, false);
+        let mut out = Released::default();
+        a.check_lease(6, 60, &mut out);
+        assert_eq!(out.ceilings, vec![(6, 200)]);
     }
 }

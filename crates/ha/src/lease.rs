@@ -79,6 +79,19 @@ impl LeaseBook {
         ceiling
     }
 
+    /// A CHILD SA was installed whose first sequence number `next_seq` is above 1 while a standby
+    /// is connected: it seals nothing until the standby has a lease above `next_seq` (else the
+    /// standby would resume it at `shift + 1`, possibly below what this node seals). The lease is
+    /// asked for at once under sync sequence number `seq`. Returns (ceiling to install it with,
+    /// ceiling to ask for).
+    pub fn add_paused(&mut self, spi_in: u32, next_seq: u64, seq: u64) -> (u64, u64) {
+        let ceiling = next_seq.saturating_sub(1);
+        let want = ceiling.saturating_add(self.shift);
+        let l = Lease { ceiling, asked: Some((seq, want)), mirrored: true, rekey_asked: false };
+        self.sas.insert(spi_in, l);
+        (ceiling, want)
+    }
+
     pub fn remove(&mut self, spi_in: u32) {
         self.sas.remove(&spi_in);
     }

@@ -23,9 +23,11 @@ pub mod active;
 pub mod lease;
 pub mod msg;
 pub mod replay;
+pub mod shared;
 pub mod standby;
 
 pub use active::{ActiveSync, BulkSa, Released};
 pub use lease::{LeaseBook, LeaseOutcome};
 pub use msg::{SyncMsg, PROTOCOL_VERSION};
+pub use shared::{Shared, SharedExchanges};
 pub use standby::StandbySync;

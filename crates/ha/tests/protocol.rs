@@ -132,7 +132,7 @@ impl Cluster {
         while let Some(e) = self.a.poll_event() {
             match e {
                 Event::ChildSaUp(c) => {
-                    let ceiling = self.active.child_sa_installed(c.spi_in, 1);
+                    let ceiling = self.active.child_sa_installed(c.spi_in, 1, false);
                     self.sealed.insert(c.spi_in, (0, ceiling));
                 }
                 Event::ChildSaDown { spi_in, .. } => {
@@ -168,7 +168,7 @@ impl Cluster {
             while let Some(f) = self.to_active.pop_front() {
                 moved = true;
                 if let (SyncMsg::Ack { seq }, true) = (SyncMsg::decode(&f).expect("frame"), self.a_alive) {
-                    let r = self.active.ack(seq);
+                    let r = self.active.ack(self.now, seq);
                     self.apply(r);
                     self.after_active();
                 }

@@ -91,6 +91,24 @@ impl Endpoint {
         v
     }
 
+    /// The Message ID of the request this IKE SA has outstanding, if any. The HA layer uses it to
+    /// tell which CHILD SAs complete an exchange another node may also complete (the request was
+    /// mirrored): their keys are the same on both nodes, so their sequence numbers must not be.
+    pub fn outstanding_request(&self, id: IkeSaId) -> Option<u32> {
+        self.sas.get(&id)?.rel.outstanding.as_ref().map(|o| o.message_id)
+    }
+
+    /// Every IKE SA with a request outstanding, with that request's Message ID.
+    pub fn outstanding_requests(&self) -> Vec<(IkeSaId, u32)> {
+        let mut v: Vec<_> = self
+            .sas
+            .values()
+            .filter_map(|sa| Some((sa.id, sa.rel.outstanding.as_ref()?.message_id)))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
     /// Standby: the active removed this SA. Returns whether it was mirrored here.
     pub fn unmirror(&mut self, id: IkeSaId) -> bool {
         let known = self.sas.contains(&id);
