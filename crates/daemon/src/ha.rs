@@ -74,7 +74,7 @@ pub struct HaStatus {
     pub split_brain: u64,
     pub active: tandem_ha::active::ActiveStats,
     pub standby: tandem_ha::standby::StandbyStats,
-    pub link: serde_json::Value,
+    pub link: tandem_ha_link::LinkStats,
 }
 
 pub struct Ha {
@@ -454,7 +454,7 @@ impl Ha {
             stale_takeovers: self.stale_takeovers,
             active: self.active.stats.clone(),
             standby: self.standby.stats.clone(),
-            link: serde_json::to_value(format!("{:?}", self.tx.stats())).unwrap_or_default(),
+            link: self.tx.stats(),
         }
     }
 }

@@ -78,7 +78,7 @@ impl Counters {
 
 /// Per-channel counts. "Sent" means handed to QUIC (not yet acknowledged); "received" means read
 /// off the wire (it may still wait in the [`LinkRx`](crate::LinkRx)).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ChannelStats {
     pub sent_messages: u64,
     pub sent_bytes: u64,
@@ -94,7 +94,7 @@ pub struct ChannelStats {
 }
 
 /// A snapshot of the link's counters, from [`LinkTx::stats`](crate::LinkTx::stats).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct LinkStats {
     pub live: ChannelStats,
     pub bulk: ChannelStats,
