@@ -12,8 +12,10 @@
 #
 # and tells the local tandemd:
 #   MASTER -> tandemctl ha set-state active   (a standby takes over every mirrored SA at once)
-#   BACKUP -> tandemctl ha set-state standby  (a no-op on a standby; an active node refuses it:
-#                                              planned switchover is not built yet)
+#   BACKUP -> tandemctl ha set-state standby  (a no-op on a standby; an active node steps down:
+#                                              it drops its SAs without a Delete and the other
+#                                              node syncs it again; a node handing over after
+#                                              `tandemctl ha switchover` steps down now)
 #   FAULT  -> tandemctl ha set-state fault    (logged by tandemd)
 #   STOP, DELETED and anything else are logged and ignored.
 #
@@ -27,10 +29,12 @@
 #                         logger -t tandem-notify, or stderr when logger fails)
 #
 # keepalived forks notify scripts asynchronously: two transitions in quick succession (BACKUP, then
-# MASTER) may reach tandemd in either order. Nothing here serialises them, as nothing would be
-# gained: a standby ignores BACKUP, an active node ignores MASTER and refuses BACKUP (it cannot step
-# down yet), so the order cannot change the outcome. The MASTER path runs one process besides
-# bash (timeout, which execs tandemctl): each fork on a loaded host costs milliseconds of outage.
+# MASTER) may reach tandemd in either order. Nothing here serialises them. A standby ignores
+# BACKUP and an active node ignores MASTER, but an active node steps down on BACKUP, so a MASTER
+# overtaken by an older BACKUP leaves the node standby while keepalived holds the VIPs there
+# (docs/ha.md, "Known limits": keepalived's notify_fifo, which keeps the order, is the fix). The
+# MASTER path runs one process besides bash (timeout, which execs tandemctl): each fork on a
+# loaded host costs milliseconds of outage.
 #
 # Exit status: tandemctl's, 0 for an ignored event, 2 for a usage error. keepalived ignores it;
 # it is for running the script by hand.

@@ -204,6 +204,17 @@ impl Cluster {
         self.peer.ip(&["neigh", "replace", VIP, "lladdr", &mac, "dev", &self.peer_if, "nud", "reachable"]);
     }
 
+    /// Move the VIP from gateway `from` to `to` make-before-break, as a VRRP preemption does: on
+    /// `to` first, the peer's neighbour entry pointed at it, then off `from`. For a planned
+    /// switchover, where both nodes can forward for a moment.
+    pub fn move_vip_make_before_break(&self, from: usize, to: usize) {
+        let vip = format!("{VIP}/{WAN_PREFIX}");
+        self.gw[to].ip(&["addr", "add", &vip, "dev", &self.gw_if[to]]);
+        let mac = self.gw_mac(to);
+        self.peer.ip(&["neigh", "replace", VIP, "lladdr", &mac, "dev", &self.peer_if, "nud", "reachable"]);
+        self.gw[from].ip(&["addr", "del", &vip, "dev", &self.gw_if[from]]);
+    }
+
     /// Start both nodes from one configuration (`conf`: everything but `[ha]` and the socket is the
     /// same on both, as the cluster digest requires). Node keys come from `tandemctl ha keygen` in
     /// each node's directory, pins cross-pasted. `roles`: each node's `initial-role`.

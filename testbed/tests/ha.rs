@@ -608,6 +608,111 @@ fn keepalived_failover_under_traffic() {
     );
 }
 
+/// `tandemctl ha switchover` on the active node under a 10 ms ping: the standby takes over at the
+/// handover, with exact replay windows and its counters just above the old active's (frozen, with
+/// a few numbers kept for packets still reaching it); then the VIP moves make-before-break (on the
+/// new active first, then off the old one: what a VRRP preemption does), and the old active steps
+/// down and is bulk-synced again. Not one ping is lost, charon sees nothing (same SPIs, no
+/// exchange, no replay), and the old active ends a standby in sync. With keepalived the VIP move
+/// is VRRP's (docs/ha.md, "Planned switchover").
+#[test]
+fn planned_switchover_loses_nothing() {
+    if !tools_present(&["ping"]) {
+        return;
+    }
+    let mut cl = Cluster::new();
+    cl.move_vip(None, 0);
+    let mut conf = cluster_conf(IKE, ESP);
+    conf.dataplane_extra = "rekey-linger = \"1s\"".into();
+    let [t1, t2] = cl.start_nodes(&conf, ["active", "standby"], "");
+    let c = Charon::start_with(&mut cl.peer, &peer_conf(IKE, ESP).swanctl_conf(), CHARON_CONF, 2);
+    let all = |t1: &Tandemd, t2: &Tandemd, c: &Charon| logs(&[t1, t2], c);
+    assert!(c.initiate().status.success(), "charon initiate\n{}", all(&t1, &t2, &c));
+    let mut sas = None;
+    wait_until(WAIT, POLL, || {
+        sas = settled(&t1, &c);
+        sas.is_some()
+    });
+    let sas = sas.unwrap_or_else(|| panic!("not established\n{}", all(&t1, &t2, &c)));
+    let synced = |t: &Tandemd| status_field(t, "peer") == "in-sync" && status_field(t, "ike_sas") == 1;
+    assert!(wait_until(WAIT, POLL, || synced(&t1) && synced(&t2)), "not in sync\n{}", all(&t1, &t2, &c));
+    let (_, charon_child) = charon_view(&c).expect("charon's SAs");
+    let packets_in =
+        |c: &Charon| c.list_sas().iter().flat_map(|s| s.children.clone()).map(|x| x.packets_in).sum::<u64>();
+    let in0 = packets_in(&c);
+    let ping = BackgroundPing::start(&mut cl.peer, PEER_INNER, CLUSTER_INNER, Duration::from_millis(10));
+    assert!(wait_until(WAIT, POLL, || packets_in(&c) >= in0 + 20), "ping not flowing\n{}", all(&t1, &t2, &c));
+    let charon_log_at = c.log().len();
+
+    let t0 = Instant::now();
+    let answer = ha_set_state(&t1, "switchover");
+    assert!(answer.is_ok(), "switchover refused: {answer:?}\n{}", all(&t1, &t2, &c));
+    let taken = wait_until(WAIT, Duration::from_millis(2), || status_field(&t2, "role") == "active");
+    let t_taken = t0.elapsed();
+    assert!(taken, "node 2 did not take over at the handover\n{}", all(&t1, &t2, &c));
+    assert_eq!(status_field(&t1, "handing_over"), true, "{}", ha_status(&t1));
+    // Ten more pings through node 1 (it still holds the VIP and forwards), then the VIP moves.
+    let in1 = packets_in(&c);
+    assert!(wait_until(WAIT, POLL, || packets_in(&c) >= in1 + 10), "no traffic while handing over");
+    cl.move_vip_make_before_break(0, 1);
+    let t_moved = t0.elapsed();
+    let in2 = packets_in(&c);
+    assert!(
+        wait_until(WAIT, POLL, || packets_in(&c) >= in2 + 20),
+        "no traffic after the move\n{}",
+        all(&t1, &t2, &c)
+    );
+    let counters: Vec<String> = [(&t1, "old active"), (&t2, "new active")]
+        .iter()
+        .flat_map(|(t, who)| {
+            t.ipsec_sas().into_iter().map(move |sa| {
+                let spi = sa["spi"].as_u64().unwrap_or(0);
+                format!(
+                    "{who} SA {} {spi:#x}: seq {} counters {}",
+                    sa["direction"], sa["seq"], sa["counters"]
+                )
+            })
+        })
+        .collect();
+    assert!(ha_set_state(&t1, "standby").is_ok(), "step down\n{}", all(&t1, &t2, &c));
+    let rejoined =
+        wait_until(WAIT, POLL, || status_field(&t1, "role") == "standby" && synced(&t1) && synced(&t2));
+    let t_synced = t0.elapsed();
+    assert!(rejoined, "node 1 is not a standby in sync: {}\n{}", ha_status(&t1), all(&t1, &t2, &c));
+    let result = ping.stop(&mut cl.peer);
+    let lost: Vec<u32> = result.missing().iter().map(|m| m.0).collect();
+    eprintln!(
+        "switchover: node 2 active +{t_taken:?}, VIP moved +{t_moved:?}, node 1 standby in sync +{t_synced:?}; \
+         ping {} sent, {} answered, largest gap {:?}, lost icmp_seq {lost:?}\nswitchover: {}",
+        result.transmitted,
+        result.received,
+        largest_gap(&result),
+        counters.join("\nswitchover: ")
+    );
+    assert!(lost.is_empty(), "pings lost in a planned switchover: {lost:?}\n{}", all(&t1, &t2, &c));
+    let (c_sa, c_spis) = charon_view(&c).expect("charon's SAs");
+    assert_eq!((c_sa.spi_i.clone(), c_sa.spi_r.clone()), sas.ike, "charon's IKE SPIs changed");
+    assert_eq!(c_spis, charon_child, "charon's CHILD SPIs changed");
+    assert_eq!(settled(&t2, &c).as_ref(), Some(&sas), "node 2 and charon disagree");
+    let charon_log = c.log();
+    let since = charon_log.get(charon_log_at..).unwrap_or("");
+    for bad in CHARON_BAD {
+        let lines: Vec<&str> = since.lines().filter(|l| l.contains(bad)).collect();
+        assert!(
+            lines.is_empty(),
+            "charon logged {bad:?} in the switchover: {lines:#?}\n{}",
+            all(&t1, &t2, &c)
+        );
+    }
+    let (s1, s2) = (ha_status(&t1), ha_status(&t2));
+    assert_eq!(
+        (s1["switchovers_out"].as_u64(), s2["switchovers_in"].as_u64()),
+        (Some(1), Some(1)),
+        "{s1}\n{s2}"
+    );
+    assert_eq!(s2["stale_takeovers"], 0, "{s2}");
+}
+
 #[test]
 fn rejoin_without_rekey_and_fail_back() {
     let Some(mut k) = keepalived_cluster() else { return };

@@ -78,6 +78,10 @@ enum HaCmd {
     /// notify hook calls: master, backup and fault are accepted.
     #[command(name = "set-state")]
     SetState { state: String },
+    /// Planned switchover, on the active node: the standby (in sync) takes every SA over at
+    /// once, with exact replay windows; this node keeps forwarding until the addresses move
+    /// (stop its keepalived, or `set-state standby`) and then becomes standby.
+    Switchover,
     /// Write this node's sync-link key pair (PEM, mode 0600) and print its pin for the other
     /// node's `peer-pin`.
     Keygen {
@@ -177,6 +181,7 @@ fn main() -> ExitCode {
         Cmd::Reload => ("POST", "/v1/reload".into(), 30.0),
         Cmd::Ha { what: HaCmd::Status } => ("GET", "/v1/ha".into(), 10.0),
         Cmd::Ha { what: HaCmd::SetState { state } } => ("POST", format!("/v1/ha/state?state={state}"), 10.0),
+        Cmd::Ha { what: HaCmd::Switchover } => ("POST", "/v1/ha/state?state=switchover".into(), 10.0),
         Cmd::Ha { what: HaCmd::Keygen { out } } => return keygen(out),
     };
     match request(&cli.socket, method, &path, Duration::from_secs_f64(timeout)) {

@@ -188,9 +188,9 @@ impl EngineTask {
                         None => ha_rx = None,
                     }
                 }
-                _ = lease_tick.tick(), if self.ha.as_ref().is_some_and(|h| h.is_active()) => {
+                _ = lease_tick.tick(), if self.ha.as_ref().is_some_and(|h| h.ticking()) => {
                     if let Some(ha) = self.ha.as_mut() {
-                        let r = ha.lease_tick(Instant::now(), &self.endpoint, self.esp.as_ref());
+                        let r = ha.lease_tick(Instant::now(), &mut self.endpoint, self.esp.as_ref());
                         self.apply_released(r).await;
                     }
                 }
@@ -424,8 +424,9 @@ impl EngineTask {
                     warn!(target: "ha", "now standby: the other node runs the SAs");
                 }
             }
+            "switchover" => ha.switchover(now, &mut self.endpoint, self.esp.as_ref())?,
             "fault" => warn!(target: "ha", "keepalived reports FAULT"),
-            other => return Err(format!("unknown HA state {other:?} (active, standby)")),
+            other => return Err(format!("unknown HA state {other:?} (active, standby, switchover)")),
         }
         self.ha_status()
     }

@@ -23,6 +23,14 @@ use tracing::{info, warn};
 /// lease of 65,536 lasts 110 ms and is renewed at half of it: 5 ms leaves ample margin.
 pub const LEASE_TICK: Duration = Duration::from_millis(5);
 
+/// Planned switchover: the other node must acknowledge the handover within this, or this node
+/// runs its SAs again (it has said nothing to the peers meanwhile; they retransmit).
+const HANDOVER_ACK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Planned switchover: how long the old active keeps forwarding on its CHILD SAs (traffic still
+/// reaching it while keepalived moves the addresses) if nobody tells it to step down first.
+const HANDOVER_LINGER: Duration = Duration::from_secs(10);
+
 enum Observed {
     Changed(IkeSaId, zeroize::Zeroizing<Vec<u8>>),
     Removed(IkeSaId),
@@ -68,6 +76,12 @@ pub struct HaStatus {
     /// connection, or the link gone before the takeover): IKE SAs the old active ran on alone may
     /// have moved on (docs/ha.md, "Known faults").
     pub stale_takeovers: u64,
+    /// Planned switchovers: handed over by this node, taken over by this node.
+    pub switchovers_out: u64,
+    pub switchovers_in: u64,
+    /// A handover from this node is under way (it forwards, says nothing, and steps down on
+    /// `set-state standby` or after a while).
+    pub handing_over: bool,
     /// Times the other node said it is active while this node was active too (split brain: the
     /// sync link or VRRP was partitioned). Node-ids in SPIs and the sequence-number leases keep
     /// the two from sealing the same (SPI, sequence number); an operator must still pick one.
@@ -86,6 +100,8 @@ pub struct Ha {
     tx: LinkTx,
     rx: Option<LinkRx>,
     link_up: bool,
+    /// The other node's last Hello said it is a standby (a node that may be bulk-synced).
+    peer_standby: bool,
     generation: u64,
     digest: [u8; 32],
     config_match: Option<bool>,
@@ -94,6 +110,11 @@ pub struct Ha {
     last_takeover: Option<Takeover>,
     split_brain: u64,
     stale_takeovers: u64,
+    switchovers_out: u64,
+    switchovers_in: u64,
+    /// The planned switchover this node started: when, the Handover's sync sequence number, and
+    /// whether the other node acknowledged it (took over).
+    handover: Option<(Instant, u64, bool)>,
     /// Requests another node may complete too, and the CHILD SAs they make.
     shared: SharedExchanges,
     /// Where the SAs of a takeover resume, until the dataplane has them: the outbound counter and
@@ -131,6 +152,7 @@ impl Ha {
             tx,
             rx: Some(rx),
             link_up: false,
+            peer_standby: false,
             generation: 0,
             digest: *config.cluster_digest().public(),
             config_match: None,
@@ -139,14 +161,83 @@ impl Ha {
             last_takeover: None,
             split_brain: 0,
             stale_takeovers: 0,
+            switchovers_out: 0,
+            switchovers_in: 0,
+            handover: None,
             shared: SharedExchanges::new(),
             resumes: HashMap::new(),
             replay: ReplayTrigger::new(s_time, s_packets),
         }))
     }
 
-    pub fn is_active(&self) -> bool {
-        self.active_role
+    /// The HA tick has work: leases and replay windows (active), or a handover to watch.
+    pub fn ticking(&self) -> bool {
+        self.active_role || self.handover.is_some()
+    }
+
+    /// Planned switchover (`tandemctl ha switchover` on the active): the standby, in sync, gets
+    /// every inbound replay window as it stands, then the `Handover`; it takes over on applying
+    /// it. From now on this node says nothing for its SAs (no two nodes speak IKE for one SA), but
+    /// its dataplane keeps forwarding within the leases the standby holds, so traffic that reaches
+    /// it while the addresses move is not lost. The standby resumes every outbound SA above them
+    /// and each inbound window exactly (no replay advance: nothing was lost).
+    pub fn switchover(
+        &mut self,
+        now: Instant,
+        endpoint: &mut Endpoint,
+        esp: Option<&Esp>,
+    ) -> Result<(), String> {
+        if !self.active_role {
+            return Err("not the active node: run the switchover on the active one".into());
+        }
+        if !self.link_up || self.active.state() != PeerState::InSync {
+            return Err(
+                "the standby is not in sync: a switchover now would lose state (tandemctl ha status)".into(),
+            );
+        }
+        let mut last = Vec::new();
+        if let Some(esp) = esp {
+            let h = esp.handle();
+            for spi in self.active.leases.spis() {
+                if let Some(w) = h.replay_state(spi) {
+                    self.active.replay(spi, w.window, w.top, w.bitmap);
+                }
+                // This node keeps sealing, up to the ceiling in force (it can only rise on the
+                // standby's acks, which this node no longer takes), so traffic still reaching it
+                // while the addresses move is forwarded; the new active starts above. Not frozen:
+                // a freeze would drop those packets, and the new active's first packet reaches
+                // the peer after them (it has traffic only once the addresses moved).
+                if let Some((_, ceiling)) = h.seq_lease(spi) {
+                    last.push((spi, ceiling));
+                }
+            }
+        }
+        let seq = self.active.handover(last);
+        self.send_queued();
+        endpoint.hand_over();
+        // Datagrams still held are the standby's to send: its mirror has their state, and the
+        // peer retransmits what it misses.
+        let _ = self.active.link_down();
+        self.active_role = false;
+        self.handover = Some((now, seq, false));
+        self.switchovers_out += 1;
+        info!(target: "ha", seq, "planned switchover: handed over to the other node");
+        Ok(())
+    }
+
+    /// Watch a handover this node started (from the HA tick).
+    fn handover_tick(&mut self, now: Instant, endpoint: &mut Endpoint) {
+        let Some((since, _, acked)) = self.handover else { return };
+        let age = now.saturating_duration_since(since);
+        if !acked && age > HANDOVER_ACK_TIMEOUT {
+            warn!(target: "ha", "the other node did not take over within {HANDOVER_ACK_TIMEOUT:?}: active again");
+            self.handover = None;
+            endpoint.cancel_hand_over();
+            self.active_role = true;
+        } else if age > HANDOVER_LINGER {
+            info!(target: "ha", "handover: nobody told this node to step down: stepping down now");
+            self.step_down(endpoint);
+        }
     }
 
     /// The link's event stream, for the engine task's select loop.
@@ -264,6 +355,7 @@ impl Ha {
             }
             LinkEvent::PeerDown { generation, reason } => {
                 self.link_up = false;
+                self.peer_standby = false;
                 warn!(target: "ha", generation, ?reason, "sync link down");
                 if self.active_role {
                     let was = self.active.state();
@@ -279,6 +371,7 @@ impl Ha {
                     if !same {
                         warn!(target: "ha", peer = node_id, "the other node's configuration differs from ours (digest mismatch)");
                     }
+                    self.peer_standby = role == Role::Standby;
                     match (role, self.active_role) {
                         (Role::Active, true) => {
                             self.split_brain += 1;
@@ -293,10 +386,24 @@ impl Ha {
                     self.last_sync = Some(now);
                     out = self.active.ack(now, seq);
                 }
+                Ok(SyncMsg::Ack { seq }) if self.handover.is_some_and(|(_, h, _)| seq >= h) => {
+                    if let Some((_, _, acked)) = self.handover.as_mut() {
+                        if !*acked {
+                            info!(target: "ha", "the other node has taken over; forwarding until the addresses move");
+                        }
+                        *acked = true;
+                    }
+                }
                 Ok(m) if !self.active_role => match self.standby.handle(now, endpoint, m) {
                     Ok(Some(ack)) => {
                         self.last_sync = Some(now);
                         self.send(&ack);
+                        if self.standby.take_handover() {
+                            if let Some(t) = self.take_over_as(now, endpoint, true) {
+                                self.switchovers_in += 1;
+                                info!(target: "ha", ?t, "planned switchover: now active");
+                            }
+                        }
                     }
                     Ok(None) => {}
                     Err(e) => {
@@ -331,11 +438,17 @@ impl Ha {
     }
 
     /// Lease renewals and replay windows (active): look at every SA's counters.
-    pub fn lease_tick(&mut self, now: Instant, endpoint: &Endpoint, esp: Option<&Esp>) -> Released<Transmit> {
+    pub fn lease_tick(
+        &mut self,
+        now: Instant,
+        endpoint: &mut Endpoint,
+        esp: Option<&Esp>,
+    ) -> Released<Transmit> {
+        self.handover_tick(now, endpoint);
         let was = self.active.state();
         let mut out = self.active.tick(now);
         self.note_solo(was, endpoint);
-        if self.active_role && self.link_up && self.active.state() == PeerState::Down {
+        if self.active_role && self.link_up && self.peer_standby && self.active.state() == PeerState::Down {
             // The standby fell behind (no ack within ack-timeout) but is still connected: it is
             // rebuilt from a fresh bulk transfer rather than left with a stale mirror.
             info!(target: "ha", "resyncing the standby");
@@ -362,7 +475,12 @@ impl Ha {
     /// Become active: the engine runs every mirrored SA; the dataplane installs them resumed above
     /// every number the old active could have sealed.
     pub fn take_over(&mut self, now: Instant, endpoint: &mut Endpoint) -> Option<Takeover> {
-        if self.active_role {
+        self.take_over_as(now, endpoint, false)
+    }
+
+    /// `planned`: a switchover, whose replay windows are exact (no advance).
+    fn take_over_as(&mut self, now: Instant, endpoint: &mut Endpoint, planned: bool) -> Option<Takeover> {
+        if self.active_role || self.handover.is_some() {
             return None;
         }
         if !self.standby.in_sync() || !self.link_up {
@@ -377,6 +495,7 @@ impl Ha {
         // CHILD SAs they made (model finding F1).
         self.shared.inherited(endpoint.outstanding_requests());
         let fixed = match self.settings.replay_advance {
+            _ if planned => Some(0),
             ReplayAdvance::Auto => None,
             ReplayAdvance::Packets(n) => Some(n),
         };
@@ -394,6 +513,8 @@ impl Ha {
         }
         let t = endpoint.take_over(now);
         self.active_role = true;
+        // The old active, if alive, is not a standby until it says so (after stepping down).
+        self.peer_standby = false;
         self.takeovers += 1;
         self.last_takeover = Some(t.clone());
         // The standby the old active had is gone: this node starts alone, and the next standby
@@ -408,9 +529,10 @@ impl Ha {
     /// Become standby again (keepalived says BACKUP while this node is active): drop every SA
     /// without Deletes, and ask the active node for its state.
     pub fn step_down(&mut self, endpoint: &mut Endpoint) -> bool {
-        if !self.active_role {
+        if !self.active_role && self.handover.is_none() {
             return false;
         }
+        self.handover = None;
         let n = endpoint.demote();
         let _ = self.active.link_down();
         self.active_role = false;
@@ -452,6 +574,9 @@ impl Ha {
             last_takeover: self.last_takeover.clone(),
             split_brain: self.split_brain,
             stale_takeovers: self.stale_takeovers,
+            switchovers_out: self.switchovers_out,
+            switchovers_in: self.switchovers_in,
+            handing_over: self.handover.is_some(),
             active: self.active.stats.clone(),
             standby: self.standby.stats.clone(),
             link: self.tx.stats(),

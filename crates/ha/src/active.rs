@@ -262,6 +262,14 @@ impl<T> ActiveSync<T> {
         self.waiting_since.map(|t| t + limit)
     }
 
+    /// Planned switchover: number the `Handover` that makes the standby take over, after every
+    /// message queued so far; `last` as in [`SyncMsg::Handover`]. Returns its sequence number.
+    pub fn handover(&mut self, last: Vec<(u32, u64)>) -> u64 {
+        let seq = self.next();
+        self.outbox.push_back(SyncMsg::Handover { seq, last });
+        seq
+    }
+
     /// The sync connection is gone: solo mode; everything held leaves now.
     pub fn link_down(&mut self) -> Released<T> {
         self.state = PeerState::Down;

@@ -43,6 +43,12 @@ pub enum SyncMsg {
     Replay { seq: u64, spi_in: u32, window: u32, top: u64, bitmap: Vec<u64> },
     /// Standby to active: every message up to `seq` is applied.
     Ack { seq: u64 },
+    /// Planned switchover: the standby takes over on applying it. The active sent every replay
+    /// window just before, and speaks no more for its SAs. `last`: per CHILD SA (inbound SPI), the
+    /// highest outbound sequence number the old active may still seal (its ceiling: it keeps
+    /// forwarding traffic that reaches it while the addresses move); the new active resumes just
+    /// above. Last variant: the encoding of the others is unchanged.
+    Handover { seq: u64, last: Vec<(u32, u64)> },
 }
 
 impl SyncMsg {
@@ -54,7 +60,8 @@ impl SyncMsg {
             | SyncMsg::IkeSa { seq, .. }
             | SyncMsg::IkeSaRemoved { seq, .. }
             | SyncMsg::Lease { seq, .. }
-            | SyncMsg::Replay { seq, .. } => Some(*seq),
+            | SyncMsg::Replay { seq, .. }
+            | SyncMsg::Handover { seq, .. } => Some(*seq),
             SyncMsg::Hello { .. } | SyncMsg::Ack { .. } => None,
         }
     }
@@ -105,6 +112,7 @@ mod tests {
             SyncMsg::Lease { seq: 5, spi_in: 0xc000_0001, ceiling: 1 << 40 },
             SyncMsg::Replay { seq: 6, spi_in: 7, window: 128, top: 1000, bitmap: vec![u64::MAX, 3] },
             SyncMsg::Ack { seq: u64::MAX },
+            SyncMsg::Handover { seq: 8, last: vec![(7, 1 << 33), (9, 17)] },
         ];
         for m in msgs {
             assert_eq!(SyncMsg::decode(&m.encode()).unwrap(), m);

@@ -39,6 +39,10 @@ pub struct StandbySync {
     in_sync: bool,
     /// Waiting for a `BulkStart`: what comes before it is from a numbering this node dropped.
     awaiting_bulk: bool,
+    /// A `Handover` was applied: the daemon takes over (`take_handover`).
+    handover: bool,
+    /// From the `Handover`: the highest outbound number the old active may seal, by inbound SPI.
+    handed_over: HashMap<u32, u64>,
     pub stats: StandbyStats,
 }
 
@@ -51,6 +55,8 @@ impl StandbySync {
             windows: HashMap::new(),
             in_sync: false,
             awaiting_bulk: true,
+            handover: false,
+            handed_over: HashMap::new(),
             stats: StandbyStats::default(),
         }
     }
@@ -63,6 +69,7 @@ impl StandbySync {
     /// A new connection, or a resync asked for: numbering restarts with the active's bulk
     /// transfer, and what arrives before it is ignored.
     pub fn link_up(&mut self) {
+        self.handed_over.clear();
         self.applied = 0;
         self.in_sync = false;
         self.awaiting_bulk = true;
@@ -122,6 +129,11 @@ impl StandbySync {
                 let w = MirroredWindow::update(self.windows.get(&spi_in), window, top, bitmap, now);
                 self.windows.insert(spi_in, w);
             }
+            SyncMsg::Handover { last, .. } => {
+                info!(target: "ha", child_sas = last.len(), "planned switchover: the active hands its SAs over");
+                self.handed_over.extend(last);
+                self.handover = true;
+            }
             SyncMsg::Hello { .. } | SyncMsg::Ack { .. } => {}
         }
         self.applied = seq;
@@ -129,13 +141,22 @@ impl StandbySync {
         Ok(Some(SyncMsg::Ack { seq }))
     }
 
+    /// A planned switchover was applied (once): take over now, with the exact replay windows.
+    pub fn take_handover(&mut self) -> bool {
+        std::mem::take(&mut self.handover)
+    }
+
     /// The mirrored inbound window of this CHILD SA, if any.
     pub fn window(&self, spi_in: u32) -> Option<&MirroredWindow> {
         self.windows.get(&spi_in)
     }
 
-    /// Where the outbound SA of this CHILD SA resumes after a takeover.
+    /// Where the outbound SA of this CHILD SA resumes after a takeover: above its lease, or, in
+    /// a planned switchover, just above the last number the old active may seal.
     pub fn resume_seq(&self, spi_in: u32) -> u64 {
-        resume_at(self.leases.get(&spi_in).copied(), self.shift)
+        match self.handed_over.get(&spi_in) {
+            Some(&last) => last.saturating_add(1),
+            None => resume_at(self.leases.get(&spi_in).copied(), self.shift),
+        }
     }
 }

@@ -36,6 +36,21 @@ impl Endpoint {
         self.standby = true;
     }
 
+    /// Planned switchover: stop speaking for the SAs (the other node takes them over from the
+    /// mirror) but keep them, and the dataplane's CHILD SAs with them, so that traffic still
+    /// reaching this node is forwarded until the addresses move. `demote` drops them after;
+    /// `cancel_hand_over` takes them back if the other node never took over.
+    pub fn hand_over(&mut self) {
+        self.standby = true;
+        info!(target: "ike", ike_sas = self.sas.values().count(), "handing the SAs over to the other HA node");
+    }
+
+    /// The switchover did not happen: run the SAs again, timers where they were.
+    pub fn cancel_hand_over(&mut self) {
+        self.standby = false;
+        warn!(target: "ike", "switchover cancelled: running the SAs again");
+    }
+
     pub fn is_standby(&self) -> bool {
         self.standby
     }
