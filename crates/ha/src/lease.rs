@@ -12,7 +12,7 @@
 //!   once; one the standby may hold is never sealed past its acknowledged ceiling: it is rekeyed
 //!   before (fresh keys make old sequence numbers harmless), and stalls if the rekey is late.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 #[derive(Debug, Clone, Copy)]
 struct Lease {
@@ -52,12 +52,15 @@ pub enum LeaseOutcome {
 pub struct LeaseBook {
     shift: u64,
     sas: HashMap<u32, Lease>,
+    /// Asks not yet acknowledged, by sync sequence number: an ack settles the ones it covers
+    /// without a walk over every SA (a bulk transfer of 10,000 SAs is acked message by message).
+    asks: BTreeMap<u64, u32>,
 }
 
 impl LeaseBook {
     /// `shift` is `oseq-shift` (at least 2).
     pub fn new(shift: u64) -> Self {
-        LeaseBook { shift: shift.max(2), sas: HashMap::new() }
+        LeaseBook { shift: shift.max(2), sas: HashMap::new(), asks: BTreeMap::new() }
     }
 
     pub fn shift(&self) -> u64 {
@@ -89,6 +92,7 @@ impl LeaseBook {
         let want = ceiling.saturating_add(self.shift);
         let l = Lease { ceiling, asked: Some((seq, want)), mirrored: true, rekey_asked: false };
         self.sas.insert(spi_in, l);
+        self.asks.insert(seq, spi_in);
         (ceiling, want)
     }
 
@@ -133,6 +137,7 @@ impl LeaseBook {
         if standby_connected {
             *next_seq += 1;
             l.asked = Some((*next_seq, want));
+            self.asks.insert(*next_seq, spi_in);
             return LeaseOutcome::Ask { spi_in, seq: *next_seq, ceiling: want };
         }
         if !l.mirrored {
@@ -149,8 +154,12 @@ impl LeaseBook {
     /// The standby applied every message up to `seq`: leases asked up to there are in force.
     pub fn acked(&mut self, seq: u64) -> Vec<LeaseOutcome> {
         let mut out = Vec::new();
-        for (&spi_in, l) in self.sas.iter_mut() {
-            if let Some((_, c)) = l.asked.filter(|(s, _)| *s <= seq) {
+        let later = self.asks.split_off(&seq.saturating_add(1));
+        let settled = std::mem::replace(&mut self.asks, later);
+        for (ask_seq, spi_in) in settled {
+            // Skip an ask replaced since (a newer one, or a removed SA).
+            let Some(l) = self.sas.get_mut(&spi_in) else { continue };
+            if let Some((_, c)) = l.asked.filter(|(s, _)| *s == ask_seq) {
                 l.asked = None;
                 l.mirrored = true;
                 if c > l.ceiling {
@@ -169,6 +178,7 @@ impl LeaseBook {
     /// The sync link went down: asks in flight will not be answered (the standby may or may not
     /// have applied them, so the SAs count as mirrored).
     pub fn link_down(&mut self) {
+        self.asks.clear();
         for l in self.sas.values_mut() {
             if l.asked.take().is_some() {
                 l.mirrored = true;
@@ -185,6 +195,7 @@ impl LeaseBook {
         l.asked = Some((seq, want));
         l.mirrored = true;
         l.rekey_asked = false;
+        self.asks.insert(seq, spi_in);
         Some(want)
     }
 }
