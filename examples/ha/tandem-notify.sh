@@ -1,8 +1,16 @@
 #!/bin/bash
 # keepalived notify hook for a tandem active/standby pair (examples/ha/README.md).
 #
-# keepalived runs it on every transition of the sync group (or instance) that names it in
-# `notify`, with the configured arguments followed by four of its own:
+# keepalived runs it once, as `vrrp_notify_fifo_script`, with the FIFO it writes every transition
+# to as the last argument; this script reads the FIFO and handles the transitions one at a time,
+# in the order keepalived made them:
+#
+#   tandem-notify.sh [OPTIONS] FIFO
+#
+# keepalived's per-transition `notify` forks one process per transition, and two of them (BACKUP,
+# then MASTER, as at startup) can reach tandemd in the opposite order: that once left a node
+# standby while keepalived held its VIPs. Run by hand (or as a `notify` script) it takes one
+# transition:
 #
 #   tandem-notify.sh [OPTIONS] TYPE NAME STATE PRIORITY
 #     TYPE      GROUP or INSTANCE
@@ -28,18 +36,12 @@
 #   -l, --log-file FILE   append log lines here ($TANDEM_NOTIFY_LOG; default: syslog via
 #                         logger -t tandem-notify, or stderr when logger fails)
 #
-# keepalived forks notify scripts asynchronously: two transitions in quick succession (BACKUP, then
-# MASTER) may reach tandemd in either order. Nothing here serialises them. A standby ignores
-# BACKUP and an active node ignores MASTER, but an active node steps down on BACKUP, so a MASTER
-# overtaken by an older BACKUP leaves the node standby while keepalived holds the VIPs there
-# (docs/ha.md, "Known limits": keepalived's notify_fifo, which keeps the order, is the fix). The
-# MASTER path runs one process besides bash (timeout, which execs tandemctl): each fork on a
-# loaded host costs milliseconds of outage.
+# The MASTER path runs one process besides bash (timeout, which execs tandemctl): each fork on a
+# loaded host costs milliseconds of outage. keepalived ends the script with SIGTERM when it exits.
 #
 # Exit status: tandemctl's, 0 for an ignored event, 2 for a usage error. keepalived ignores it;
 # it is for running the script by hand.
 
-received=$EPOCHREALTIME
 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin${PATH:+:$PATH}
 
 group=${TANDEM_HA_GROUP:-}
@@ -59,8 +61,33 @@ log() {
 }
 
 usage() {
-    log "usage: $0 [-g GROUP] [-s SOCKET] [-c TANDEMCTL] [-t SECS] [-l FILE] TYPE NAME STATE PRIORITY (got: $*)"
+    log "usage: $0 [-g GROUP] [-s SOCKET] [-c TANDEMCTL] [-t SECS] [-l FILE] FIFO | TYPE NAME STATE PRIORITY (got: $*)"
     exit 2
+}
+
+# One transition; $1..$4 as keepalived gives them, $5 when it was received (epoch).
+transition() {
+    local type=$1 name=${2//\"/} state=$3 prio=$4 received=$5 target out rc
+    if [ -n "$group" ] && { [ "$type" != GROUP ] || [ "$name" != "$group" ]; }; then
+        log "$type $name $state $prio: not group $group, ignored"
+        return 0
+    fi
+    case $state in
+        MASTER) target=active ;;
+        BACKUP) target=standby ;;
+        FAULT) target=fault ;;
+        *) log "$type $name $state $prio: nothing to do"; return 0 ;;
+    esac
+    # Before tandemctl only into a log file (logger would be one more fork on the takeover path).
+    [ -z "$logfile" ] || log "$type $name $state $prio: tandemctl ha set-state $target"
+    out=$(timeout -k 1 "$timeout" "$tandemctl" --socket "$socket" ha set-state "$target" 2>&1 >/dev/null)
+    rc=$?
+    if [ $rc -eq 0 ]; then
+        log "$type $name $state $prio: tandemd is $target (notified at $received)"
+    else
+        log "$type $name $state $prio: set-state $target failed (exit $rc, notified at $received): ${out//$'\n'/ }"
+    fi
+    return $rc
 }
 
 all="$*"
@@ -76,28 +103,21 @@ while [ $# -gt 0 ]; do
         *) break ;;
     esac
 done
-[ $# -eq 4 ] || usage "$all"
-type=$1 name=$2 state=$3 prio=$4
 
-if [ -n "$group" ] && { [ "$type" != GROUP ] || [ "$name" != "$group" ]; }; then
-    log "$type $name $state $prio: not group $group, ignored"
-    exit 0
+if [ $# -eq 4 ]; then
+    transition "$1" "$2" "$3" "$4" "$EPOCHREALTIME"
+    exit $?
 fi
-
-case $state in
-    MASTER) target=active ;;
-    BACKUP) target=standby ;;
-    FAULT) target=fault ;;
-    *) log "$type $name $state $prio: nothing to do"; exit 0 ;;
-esac
-
-# Before tandemctl only into a log file (logger would be one more fork on the takeover path).
-[ -z "$logfile" ] || log "$type $name $state $prio: tandemctl ha set-state $target"
-out=$(timeout -k 1 "$timeout" "$tandemctl" --socket "$socket" ha set-state "$target" 2>&1 >/dev/null)
-rc=$?
-if [ $rc -eq 0 ]; then
-    log "$type $name $state $prio: tandemd is $target (notified at $received)"
-else
-    log "$type $name $state $prio: set-state $target failed (exit $rc, notified at $received): ${out//$'\n'/ }"
-fi
-exit $rc
+[ $# -eq 1 ] && [ -p "$1" ] || usage "$all"
+fifo=$1
+trap 'log "stopping (SIGTERM)"; exit 0' TERM
+log "reading transitions from $fifo"
+# keepalived keeps the FIFO open for writing while it runs; should it close and reopen it, the
+# inner loop ends and the FIFO is opened again (the open waits for a writer: no busy loop).
+while [ -p "$fifo" ]; do
+    while read -r type name state prio _; do
+        received=$EPOCHREALTIME
+        transition "$type" "$name" "$state" "$prio" "$received"
+    done <"$fifo"
+done
+log "$fifo is gone: exiting"

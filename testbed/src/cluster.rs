@@ -297,13 +297,14 @@ impl Cluster {
                 p.display()
             );
         }
-        let subst: [(&str, String); 6] = [
+        let subst: [(&str, String); 7] = [
             ("eth0", self.gw_if[i].clone()),
             ("eth1", self.lan_if[i].clone()),
             ("process tandemd\n", format!("process {}\n", self.process_name[i])),
             ("/usr/local/sbin/tandem-notify.sh ", notify),
             ("/usr/local/bin/tandemctl", tandemctl.display().to_string()),
             ("/run/tandem/tandemd.sock", self.node_socket(i).display().to_string()),
+            ("/run/tandem/keepalived-notify.fifo", dir.join("notify.fifo").display().to_string()),
         ];
         for (from, to) in &subst {
             assert!(
@@ -318,6 +319,7 @@ impl Cluster {
             format!("{LAN_VIP}/{LAN_PREFIX} dev {}", self.lan_if[i]),
             format!("--group {HA_GROUP} "),
             format!("vrrp_sync_group {HA_GROUP} "),
+            "vrrp_notify_fifo_script ".to_string(),
         ] {
             assert!(conf.contains(&must_have), "{}: no {must_have:?}", file.display());
         }

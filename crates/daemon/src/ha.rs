@@ -456,15 +456,14 @@ impl Ha {
         }
         let (Some(esp), true) = (esp, self.active_role) else { return out };
         let syncing = self.active.state() != PeerState::Down;
-        for spi in self.active.leases.spis() {
-            if let Some((last, _)) = esp.handle().seq_lease(spi) {
-                self.active.check_lease(spi, last, &mut out);
-            }
-            if !syncing {
+        let h = esp.handle();
+        for (spi, last, top) in h.ha_counters() {
+            if self.active.leases.ceiling(spi).is_none() {
                 continue;
             }
-            if let Some(w) = esp.handle().replay_state(spi) {
-                if self.replay.due(spi, w.top, now) {
+            self.active.check_lease(spi, last, &mut out);
+            if syncing && self.replay.due(spi, top, now) {
+                if let Some(w) = h.replay_state(spi) {
                     self.active.replay(spi, w.window, w.top, w.bitmap);
                 }
             }

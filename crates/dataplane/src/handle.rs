@@ -218,6 +218,12 @@ impl DataplaneHandle {
         self.install_sas_resumed(&specs)
     }
 
+    /// HA: (inbound SPI, outbound last sequence number, inbound replay window top) of every CHILD
+    /// SA, for the lease tick (one table lock per tick, not two per SA).
+    pub fn ha_counters(&self) -> Vec<(u32, u64, u64)> {
+        self.shared.sad.ha_counters()
+    }
+
     /// HA: (last sequence number used, lease ceiling) of the outbound SA of the CHILD SA with
     /// inbound SPI `spi_in`, to decide when to renew its lease.
     pub fn seq_lease(&self, spi_in: u32) -> Option<(u64, u64)> {

@@ -631,6 +631,18 @@ impl Sad {
         relock(&self.control).pairs.get(&spi_in).map(|e| e.outbound.seq_lease())
     }
 
+    /// HA: every pair's counters in one call, for the lease tick's scan: (inbound SPI, outbound
+    /// last sequence number, inbound replay window top). One lock of the table rather than two per
+    /// pair; each window is read after the table's lock is released.
+    pub fn ha_counters(&self) -> Vec<(u32, u64, u64)> {
+        let pairs: Vec<(u32, Arc<OutboundSa>, Arc<InboundSa>)> = relock(&self.control)
+            .pairs
+            .iter()
+            .map(|(&spi, e)| (spi, e.outbound.clone(), e.inbound.clone()))
+            .collect();
+        pairs.into_iter().map(|(spi, o, i)| (spi, o.seq_lease().0, i.replay_top())).collect()
+    }
+
     /// HA: the replay window of the inbound SA `spi_in`, to mirror.
     pub fn replay_state(&self, spi_in: u32) -> Option<ReplayState> {
         let inbound = relock(&self.control).pairs.get(&spi_in).map(|e| e.inbound.clone());
