@@ -14,7 +14,7 @@ use tandem_dataplane::tandem_esp::{ReplayState, Resume};
 use tandem_ha::active::PeerState;
 use tandem_ha::msg::Role;
 use tandem_ha::replay::ReplayTrigger;
-use tandem_ha::{ActiveSync, BulkSa, Released, SharedExchanges, StandbySync, SyncMsg};
+use tandem_ha::{place_child_sa, ActiveSync, BulkSa, Released, SharedExchanges, StandbySync, SyncMsg};
 use tandem_ha_link::{Channel, Link, LinkConfig, LinkEvent, LinkRx, LinkTx, NodeKey, Pin};
 use tandem_ike::{ChildSaInstall, Endpoint, IkeSaId, SaObserver, Takeover, Transmit};
 use tracing::{info, warn};
@@ -278,17 +278,24 @@ impl Ha {
     /// inherited), above anything the old active could have sealed.
     pub fn installing(&mut self, c: &ChildSaInstall, endpoint: &Endpoint) -> Resume {
         let spi_in = c.spi_in;
-        let shared = self.shared.installing(c.ike_sa, endpoint.outstanding_request(c.ike_sa));
-        let mut r = self.resumes.remove(&spi_in).unwrap_or_else(|| Resume {
-            next_seq: if shared.inherited { self.standby.resume_seq(spi_in) } else { 1 },
-            ..Resume::default()
-        });
-        if shared.inherited || shared.left_behind {
-            info!(target: "ha", spi_in = format_args!("{spi_in:#010x}"), next_seq = r.next_seq,
-                  inherited = shared.inherited, left_behind = shared.left_behind,
+        let mut r = self.resumes.remove(&spi_in);
+        let p = place_child_sa(
+            &mut self.active,
+            &self.standby,
+            &mut self.shared,
+            c.ike_sa,
+            spi_in,
+            endpoint.outstanding_request(c.ike_sa),
+            r.as_ref().map(|r| r.next_seq),
+        );
+        if p.shared.inherited || p.shared.left_behind {
+            info!(target: "ha", spi_in = format_args!("{spi_in:#010x}"), next_seq = p.next_seq,
+                  inherited = p.shared.inherited, left_behind = p.shared.left_behind,
                   "CHILD SA from a request the other node may complete too");
         }
-        r.ceiling = Some(self.active.child_sa_installed(spi_in, r.next_seq, shared.left_behind));
+        let mut r = r.take().unwrap_or_default();
+        r.next_seq = p.next_seq;
+        r.ceiling = Some(p.ceiling);
         r
     }
 

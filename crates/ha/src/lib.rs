@@ -29,5 +29,5 @@ pub mod standby;
 pub use active::{ActiveSync, BulkSa, Released};
 pub use lease::{LeaseBook, LeaseOutcome};
 pub use msg::{SyncMsg, PROTOCOL_VERSION};
-pub use shared::{Shared, SharedExchanges};
+pub use shared::{place_child_sa, Placement, Shared, SharedExchanges};
 pub use standby::StandbySync;

@@ -17,7 +17,46 @@
 //! made no CHILD SA (a DPD, an IKE rekey) marks the next CHILD SA of that IKE SA instead, which
 //! costs that SA at most `oseq-shift` sequence numbers or one early rekey, never a repeated nonce.
 
+use crate::active::ActiveSync;
+use crate::standby::StandbySync;
 use std::collections::HashMap;
+
+/// Where a CHILD SA being installed starts sealing, and up to where (its lease ceiling).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    pub next_seq: u64,
+    pub ceiling: u64,
+    pub shared: Shared,
+}
+
+/// The one rule for every CHILD SA a node installs as active: `resumed_at` when a takeover resumes
+/// it (a mirrored SA), else 1, or above the old active's lease for one that completes a request
+/// inherited at takeover; with the ceiling `ActiveSync::child_sa_installed` gives it. The daemon
+/// and the seeded simulation (crates/ha/tests/schedules.rs) both call this.
+#[allow(clippy::too_many_arguments)]
+pub fn place_child_sa<T>(
+    active: &mut ActiveSync<T>,
+    standby: &StandbySync,
+    shared: &mut SharedExchanges,
+    ike_sa: u64,
+    spi_in: u32,
+    outstanding_now: Option<u32>,
+    resumed_at: Option<u64>,
+) -> Placement {
+    // A resumed SA was mirrored: it is not the one a shared request makes (and must not use up
+    // the record of that request).
+    let shared = match resumed_at {
+        Some(_) => Shared::default(),
+        None => shared.installing(ike_sa, outstanding_now),
+    };
+    let next_seq = match resumed_at {
+        Some(n) => n,
+        None if shared.inherited => standby.resume_seq(spi_in),
+        None => 1,
+    };
+    let ceiling = active.child_sa_installed(spi_in, next_seq, shared.left_behind);
+    Placement { next_seq, ceiling, shared }
+}
 
 /// How a CHILD SA being installed relates to an exchange another node may also complete.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -5,7 +5,7 @@
 use crate::lease::resume_at;
 use crate::msg::SyncMsg;
 use crate::replay::MirroredWindow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 use tandem_ike::Endpoint;
 use tracing::{info, warn};
@@ -43,6 +43,10 @@ pub struct StandbySync {
     handover: bool,
     /// From the `Handover`: the highest outbound number the old active may seal, by inbound SPI.
     handed_over: HashMap<u32, u64>,
+    /// During a bulk transfer: IKE SAs mirrored before it and not sent again yet. They are kept
+    /// until `BulkDone` (then dropped: the active has them no more), so that a takeover in the
+    /// middle of a resync still has every SA, most of them current.
+    unconfirmed: HashSet<u64>,
     pub stats: StandbyStats,
 }
 
@@ -57,6 +61,7 @@ impl StandbySync {
             awaiting_bulk: true,
             handover: false,
             handed_over: HashMap::new(),
+            unconfirmed: HashSet::new(),
             stats: StandbyStats::default(),
         }
     }
@@ -94,32 +99,33 @@ impl StandbySync {
         }
         match msg {
             SyncMsg::BulkStart { .. } => {
-                // Start from nothing: what was mirrored before may be gone on the active.
-                let ids: Vec<u64> = ep.ike_sas().iter().map(|s| s.id).collect();
-                for id in ids {
-                    ep.unmirror(id);
-                }
-                self.leases.clear();
-                self.windows.clear();
+                // Everything is sent again. What was mirrored stays until BulkDone: leases and
+                // windows only ever grow, so the old ones are safe to keep, and a takeover before
+                // the end still finds every SA.
+                self.unconfirmed = ep.ike_sas().iter().map(|s| s.id).collect();
                 self.in_sync = false;
                 self.stats.bulk_transfers += 1;
             }
             SyncMsg::BulkDone { .. } => {
+                for id in std::mem::take(&mut self.unconfirmed) {
+                    self.remove_sa(ep, id);
+                }
+                let live: HashSet<u32> = ep.child_sas().iter().map(|c| c.spi_in).collect();
+                self.leases.retain(|spi, _| live.contains(spi));
+                self.windows.retain(|spi, _| live.contains(spi));
                 self.in_sync = true;
                 info!(target: "ha", ike_sas = ep.ike_sas().len(), leases = self.leases.len(), "mirror complete");
             }
             SyncMsg::IkeSa { id, snapshot, .. } => {
+                self.unconfirmed.remove(&id);
                 if let Err(e) = ep.mirror(now, &snapshot) {
                     self.stats.snapshots_refused += 1;
                     warn!(target: "ha", sa = format_args!("{id:#018x}"), "snapshot not applied: {e}");
                 }
             }
             SyncMsg::IkeSaRemoved { id, .. } => {
-                for c in ep.child_sas().iter().filter(|c| c.ike_sa == id) {
-                    self.leases.remove(&c.spi_in);
-                    self.windows.remove(&c.spi_in);
-                }
-                ep.unmirror(id);
+                self.unconfirmed.remove(&id);
+                self.remove_sa(ep, id);
             }
             SyncMsg::Lease { spi_in, ceiling, .. } => {
                 let l = self.leases.entry(spi_in).or_default();
@@ -139,6 +145,14 @@ impl StandbySync {
         self.applied = seq;
         self.stats.applied += 1;
         Ok(Some(SyncMsg::Ack { seq }))
+    }
+
+    fn remove_sa(&mut self, ep: &mut Endpoint, id: u64) {
+        for c in ep.child_sas().iter().filter(|c| c.ike_sa == id) {
+            self.leases.remove(&c.spi_in);
+            self.windows.remove(&c.spi_in);
+        }
+        ep.unmirror(id);
     }
 
     /// A planned switchover was applied (once): take over now, with the exact replay windows.
