@@ -810,6 +810,10 @@ fn dpd_by_tandem(lose: Lose, what: &str) {
     let mid = resent(&b, "INFORMATIONAL", answered, bytes, taken.charon_log_at_kill, what);
     let took = taken.at.elapsed();
     eprintln!("{what}: charon answered DPD {mid} {} after the takeover", ms(took));
+    assert!(
+        took < TANDEM_RETRANSMIT,
+        "{what}: answered {took:?} after the takeover: not by the takeover's resend"
+    );
     // Node 2 took the answer: its next check has the next Message ID, one dpd-delay later.
     let next = wait_until(TANDEM_DPD + Duration::from_secs(3), POLL, || {
         b.c.log()
