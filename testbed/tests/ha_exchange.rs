@@ -960,6 +960,7 @@ fn child_rekey_completed_by_node1_unsynced_no_nonce_reuse() {
     b.cl.peer.stop(capture, Duration::from_secs(1));
     assert!(recorded, "{what}: charon's answer was not recorded");
     let frames = tandem_testbed::replay::read_frames(&file);
+    let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(frames.len(), 1, "{what}: recorded {frames:?}");
 
     // The sync link from node 1 to node 2 now carries only small packets.
