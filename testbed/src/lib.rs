@@ -5,7 +5,9 @@
 pub mod bench;
 pub mod charon;
 pub mod cluster;
+pub mod esp_capture;
 pub mod netns;
+pub mod nsenter;
 pub mod probe;
 pub mod replay;
 pub mod tandemd;
