@@ -10,6 +10,7 @@ pub mod netns;
 pub mod nsenter;
 pub mod probe;
 pub mod replay;
+pub mod stream;
 pub mod tandemd;
 pub mod topo;
 
