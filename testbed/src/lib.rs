@@ -6,6 +6,8 @@ pub mod bench;
 pub mod charon;
 pub mod cluster;
 pub mod esp_capture;
+pub mod faults;
+pub mod lanhost;
 pub mod netns;
 pub mod nsenter;
 pub mod probe;
