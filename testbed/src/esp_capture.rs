@@ -39,6 +39,8 @@ pub struct EspPacket {
     pub spi: u32,
     pub seq: u32,
     pub at: Instant,
+    /// The frame's Ethernet source: which host put it on the wire (which gateway sealed it).
+    pub src_mac: [u8; 6],
 }
 
 /// An (SPI, sequence number) seen more than once.
@@ -81,6 +83,12 @@ impl Capture {
         let mut v: Vec<_> = m.into_iter().map(|(s, (o, n, lo, hi))| (s, o, n, lo, hi)).collect();
         v.sort_unstable();
         v
+    }
+
+    /// Packets with `spi` put on the wire by `mac`: (count, lowest seq, highest seq).
+    pub fn sent_by(&self, spi: u32, mac: [u8; 6]) -> (usize, Option<u32>, Option<u32>) {
+        let q = || self.packets.iter().filter(|p| p.spi == spi && p.src_mac == mac).map(|p| p.seq);
+        (q().count(), q().min(), q().max())
     }
 
     /// A one-line summary per SPI, for the test output.
@@ -357,8 +365,9 @@ fn read_loop(fd: OwnedFd, ifindex: i32, stop: &AtomicBool, count: &AtomicU64) ->
             other += 1;
         }
         let outgoing = sll.sll_pkttype == PACKET_OUTGOING;
+        let src_mac: [u8; 6] = frame.get(6..12).and_then(|m| m.try_into().ok()).unwrap_or_default();
         for (spi, seq) in found {
-            packets.push(EspPacket { outgoing, spi, seq, at });
+            packets.push(EspPacket { outgoing, spi, seq, at, src_mac });
             count.fetch_add(1, Ordering::Relaxed);
         }
         if last_stats.elapsed() > Duration::from_millis(500) {
@@ -450,7 +459,7 @@ mod tests {
     #[test]
     fn repeats_finds_a_second_seal() {
         let t = Instant::now();
-        let p = |outgoing, spi, seq| EspPacket { outgoing, spi, seq, at: t };
+        let p = |outgoing, spi, seq| EspPacket { outgoing, spi, seq, at: t, src_mac: [0; 6] };
         let mut frames: Vec<EspPacket> = (1..=1000).map(|s| p(false, 0x1000_0001, s)).collect();
         frames.extend((1..=1000).map(|s| p(true, 0x2000_0002, s)));
         // A new active resuming above its lease: no repeat.
