@@ -257,6 +257,38 @@ fn assert_seen_all(what: &str, cap: &Capture, i: usize, sas: &[(u32, u64, u64)],
     );
 }
 
+/// The gateways' wan MAC addresses, to tell on the wire which node sealed a packet.
+fn macs(cl: &Cluster) -> [[u8; 6]; 2] {
+    [0, 1].map(|i| {
+        let mut m = [0u8; 6];
+        for (b, x) in m.iter_mut().zip(cl.gw_mac(i).split(':')) {
+            *b = u8::from_str_radix(x, 16).expect("a MAC address");
+        }
+        m
+    })
+}
+
+/// On `spi`, which sequence numbers each node put on the wire; asserts that both sealed on it
+/// (at least `min` packets each) and that their ranges do not overlap, node `first` below node
+/// `then` (the later one resumes above every number the other could seal: docs/ha.md, leases).
+fn assert_sealers(what: &str, cap: &Capture, cl: &Cluster, spi: u32, first: usize, min: usize) {
+    let m = macs(cl);
+    let by = [cap.sent_by(spi, m[0]), cap.sent_by(spi, m[1])];
+    for (i, (n, lo, hi)) in by.iter().enumerate() {
+        eprintln!("{what}: on {spi:#010x} node {} put {n} packets on the wire, seq {lo:?}..={hi:?}", i + 1);
+    }
+    let then = 1 - first;
+    assert!(by[first].0 >= min && by[then].0 >= min, "{what}: not both nodes sealed on {spi:#x}: {by:?}");
+    assert!(
+        by[then].1 > by[first].2,
+        "{what}: node {} resumed {spi:#x} at {:?}, not above node {}'s {:?}",
+        then + 1,
+        by[then].1,
+        first + 1,
+        by[first].2
+    );
+}
+
 fn send_errors(t: &Tandemd) -> u64 {
     t.ipsec_stat()["io"]["send_errors"].as_u64().unwrap_or(0)
 }
@@ -522,15 +554,7 @@ fn lost_sync_then_failover() {
     let (sealed, errors) = (r.out_sas(1), send_errors(r.node(1)));
     let cap = r.stop_capture();
     for &(spi, _, _) in &sealed_by_node1 {
-        let range = |after: bool| {
-            let q = cap.packets.iter().filter(|p| p.spi == spi && (p.at > t_kill) == after).map(|p| p.seq);
-            (q.clone().min(), q.max())
-        };
-        eprintln!(
-            "lost sync: takeover SA {spi:#010x} on the wire: seq {:?} before the kill, {:?} after",
-            range(false),
-            range(true)
-        );
+        assert_sealers("lost sync", &cap, &r.cl, spi, 0, 100);
     }
     assert_no_reuse("lost sync", &cap, &flows, 8000);
     assert_seen_all("lost sync", &cap, 1, &sealed, errors);
@@ -652,6 +676,7 @@ fn split_brain_never_reuses_a_sequence_number() {
         on_sa.iter().max().unwrap_or(&0)
     );
     assert_no_reuse("split brain", &cap, &flows, 10_000);
+    assert_sealers("split brain", &cap, &r.cl, spi_out, 0, 1000);
     for (i, sas) in sealed.iter().enumerate() {
         assert_seen_all("split brain", &cap, i, sas, errors[i]);
     }
@@ -769,6 +794,7 @@ fn keepalived_failover_with_streams() {
     let (sealed, errors) = (r.out_sas(1), send_errors(r.node(1)));
     let cap = r.stop_capture();
     assert_no_reuse("keepalived failover", &cap, &flows, 6000);
+    assert_sealers("keepalived failover", &cap, &r.cl, r.sas.child.1, 0, 100);
     assert_seen_all("keepalived failover", &cap, 1, &sealed, errors);
 }
 
