@@ -5,9 +5,14 @@
 pub mod bench;
 pub mod charon;
 pub mod cluster;
+pub mod esp_capture;
+pub mod faults;
+pub mod lanhost;
 pub mod netns;
+pub mod nsenter;
 pub mod probe;
 pub mod replay;
+pub mod stream;
 pub mod tandemd;
 pub mod topo;
 
