@@ -931,11 +931,10 @@ const SYNC_TABLE: &str = "tmidexsync";
 /// charon answers from its cache with the same response, and node 2 derives the same keys.
 ///
 /// Right behaviour (docs/ha.md, "no (key, sequence number) pair is sealed twice"): node 2 starts
-/// that CHILD SA above every number node 1 could have sealed on it. docs/ha.md's known fault F1
-/// says it starts at 1: with AES-GCM that reuses nonces, and charon drops node 2's first packets
-/// as replays. Ignored until F1 is fixed: `cargo test ... -- --ignored` shows it.
+/// that CHILD SA above every number node 1 could have sealed on it. Before the fix of the model's
+/// finding F1 it started at 1: with AES-GCM that reused nonces, and charon dropped node 2's first
+/// packets as replays (7 of 7 runs).
 #[test]
-#[ignore = "known fault F1 (docs/ha.md): a takeover completing a CHILD rekey starts it at sequence number 1"]
 fn child_rekey_completed_by_node1_unsynced_no_nonce_reuse() {
     let what = "CHILD rekey completed by node 1, not synced";
     let Some(mut b) = bed_with("", "ack-timeout = \"3s\"", &["python3"], |_| {}) else { return };
