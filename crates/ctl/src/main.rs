@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod client;
+mod ha_status;
 mod ipsec_tables;
 mod tables;
 
@@ -238,6 +239,9 @@ fn print(cli: &Cli, v: &Value) {
             print!("{}", ipsec_tables::ipsec_sa_properties(v))
         }
         Cmd::Show { what: Show::IpsecStat } => print!("{}", ipsec_tables::ipsec_stat(v)),
+        Cmd::Ha { what: HaCmd::Status | HaCmd::SetState { .. } | HaCmd::Switchover } => {
+            print!("{}", ha_status::ha_status(v))
+        }
         _ => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
     }
 }

@@ -69,6 +69,9 @@ pub struct HaStatus {
     pub ike_sas: usize,
     /// Active: sync messages not yet acknowledged.
     pub lag_messages: u64,
+    /// Active: how long the standby has been acknowledging nothing while messages wait (None when
+    /// nothing waits).
+    pub lag_ms: Option<u64>,
     pub since_last_sync_ms: Option<u64>,
     pub takeovers: u64,
     pub last_takeover: Option<Takeover>,
@@ -575,6 +578,7 @@ impl Ha {
             config_digest: self.digest.iter().map(|b| format!("{b:02x}")).collect(),
             ike_sas: endpoint.ike_sas().len(),
             lag_messages: self.active.lag(),
+            lag_ms: self.active.waiting_since().map(|t| t.elapsed().as_millis() as u64),
             since_last_sync_ms: self.last_sync.map(|t| t.elapsed().as_millis() as u64),
             takeovers: self.takeovers,
             last_takeover: self.last_takeover.clone(),

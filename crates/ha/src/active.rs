@@ -106,6 +106,11 @@ impl<T> ActiveSync<T> {
         self.seq - self.acked
     }
 
+    /// Since when unacknowledged messages have waited with no ack moving forward.
+    pub fn waiting_since(&self) -> Option<Instant> {
+        self.waiting_since
+    }
+
     fn connected(&self) -> bool {
         self.state != PeerState::Down
     }
