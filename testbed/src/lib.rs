@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod charon;
 pub mod cluster;
+pub mod load_peer;
 pub mod netns;
 pub mod probe;
 pub mod replay;
