@@ -52,6 +52,9 @@ pub const HA_GROUP: &str = "TANDEM";
 pub const CLUSTER_INNER: &str = crate::topo::LEFT_INNER4;
 pub const PEER_INNER: &str = crate::topo::RIGHT_INNER4;
 
+/// Where `Cluster::start_nodes_toml`'s configuration names the node's control socket.
+pub const SOCKET_PLACEHOLDER: &str = "@SOCKET@";
+
 /// The namespaces and links. `gw[0]` is node 1, `gw[1]` node 2.
 pub struct Cluster {
     pub peer: Netns,
@@ -69,11 +72,16 @@ pub struct Cluster {
     pub process_name: [String; 2],
     nodes: Option<Nodes>,
     keepalived: [Option<Keepalived>; 2],
+    /// tandemd's `--log-level` for the nodes ("debug" unless `set_log_level`).
+    log_level: String,
 }
 
 /// What `start_nodes` set up, for restarting a node with the same key, pins and configuration.
 struct Nodes {
     conf: TandemConf,
+    /// A whole configuration instead of `conf` (`start_nodes_toml`), its socket path written as
+    /// `SOCKET_PLACEHOLDER`.
+    toml: Option<String>,
     ha_extra: String,
     dirs: [PathBuf; 2],
     keys: [PathBuf; 2],
@@ -102,10 +110,16 @@ fn move_link(dev: &str, ns: &Netns) {
 
 impl Cluster {
     pub fn new() -> Cluster {
+        Cluster::with_prefix("tha")
+    }
+
+    /// As `new`, with namespaces named `{prefix}{tag}P`, `W`, `A` and `B` (a benchmark's own
+    /// prefix tells its namespaces from the tests' in `ip netns list`).
+    pub fn with_prefix(prefix: &str) -> Cluster {
         let tag = unique_tag();
-        let peer = Netns::new(format!("tha{tag}P"));
-        let wan = Netns::new(format!("tha{tag}W"));
-        let gw = [Netns::new(format!("tha{tag}A")), Netns::new(format!("tha{tag}B"))];
+        let peer = Netns::new(format!("{prefix}{tag}P"));
+        let wan = Netns::new(format!("{prefix}{tag}W"));
+        let gw = [Netns::new(format!("{prefix}{tag}A")), Netns::new(format!("{prefix}{tag}B"))];
         for br in ["wanbr", "lanbr"] {
             wan.ip(&["link", "add", "name", br, "type", "bridge"]);
             wan.ip(&["link", "set", br, "up"]);
@@ -160,7 +174,13 @@ impl Cluster {
             process_name,
             nodes: None,
             keepalived: [None, None],
+            log_level: "debug".into(),
         }
+    }
+
+    /// tandemd's `--log-level` for the nodes started from now on (benchmarks log warnings only).
+    pub fn set_log_level(&mut self, level: &str) {
+        self.log_level = level.to_string();
     }
 
     /// The MAC address of a gateway's wan interface.
@@ -220,11 +240,25 @@ impl Cluster {
     /// each node's directory, pins cross-pasted. `roles`: each node's `initial-role`.
     /// `ha_extra`: more `[ha]` lines for both (e.g. `oseq-shift = 4096`).
     pub fn start_nodes(&mut self, conf: &TandemConf, roles: [&str; 2], ha_extra: &str) -> [Tandemd; 2] {
+        self.prepare_nodes(conf.clone(), None, ha_extra);
+        [self.start_node(0, roles[0]), self.start_node(1, roles[1])]
+    }
+
+    /// As `start_nodes`, from a whole configuration (everything but `[ha]`) instead of a
+    /// `TandemConf`; `toml` writes the control socket's path as `SOCKET_PLACEHOLDER`. For peers
+    /// that `TandemConf` cannot describe (`load_peer`: any identity, one policy for many tunnels).
+    pub fn start_nodes_toml(&mut self, toml: &str, roles: [&str; 2], ha_extra: &str) -> [Tandemd; 2] {
+        assert!(toml.contains(SOCKET_PLACEHOLDER), "the configuration has no {SOCKET_PLACEHOLDER}");
+        self.prepare_nodes(TandemConf::left("", "", ""), Some(toml.to_string()), ha_extra);
+        [self.start_node(0, roles[0]), self.start_node(1, roles[1])]
+    }
+
+    /// Node directories, keys (`tandemctl ha keygen`) and cross-pasted pins.
+    fn prepare_nodes(&mut self, conf: TandemConf, toml: Option<String>, ha_extra: &str) {
         let dirs = [Tandemd::dir_for(&self.gw[0]), Tandemd::dir_for(&self.gw[1])];
         let keys = [dirs[0].join("node.pem"), dirs[1].join("node.pem")];
         let pins = [keygen(&keys[0]), keygen(&keys[1])];
-        self.nodes = Some(Nodes { conf: conf.clone(), ha_extra: ha_extra.to_string(), dirs, keys, pins });
-        [self.start_node(0, roles[0]), self.start_node(1, roles[1])]
+        self.nodes = Some(Nodes { conf, toml, ha_extra: ha_extra.to_string(), dirs, keys, pins });
     }
 
     /// Node `i`'s directory (its configuration, key, socket, logs, keepalived's files).
@@ -242,11 +276,18 @@ impl Cluster {
     pub fn start_node(&mut self, i: usize, role: &str) -> Tandemd {
         let n = self.nodes.as_ref().expect("start_nodes first");
         let dir = n.dirs[i].clone();
-        let mut c = n.conf.clone();
-        c.socket = self.node_socket(i).to_str().expect("utf-8 path").to_string();
+        let socket = self.node_socket(i).to_str().expect("utf-8 path").to_string();
+        let base = match &n.toml {
+            Some(t) => t.replace(SOCKET_PLACEHOLDER, &socket),
+            None => {
+                let mut c = n.conf.clone();
+                c.socket = socket;
+                c.toml()
+            }
+        };
         let toml = format!(
             "{}\n{}",
-            c.toml(),
+            base,
             ha_toml(i as u8 + 1, SYNC[i], SYNC[1 - i], role, &n.keys[i], &n.pins[1 - i], &n.ha_extra)
         );
         let log = dir.join("tandemd.log");
@@ -255,7 +296,8 @@ impl Cluster {
             std::fs::rename(&log, kept.expect("a free name")).expect("keep the old tandemd log");
         }
         let name = self.process_name[i].clone();
-        start_tandemd_as(&mut self.gw[i], dir, &toml, &name)
+        let level = self.log_level.clone();
+        start_tandemd_as(&mut self.gw[i], dir, &toml, &name, &level)
     }
 
     /// `kill -9` a node's tandemd (by the PID we started; checked to be that node's tandemd),
@@ -439,7 +481,7 @@ pub fn examples_ha() -> PathBuf {
 
 /// As `Tandemd::start`, through a symlink named `name` in `dir` to the built tandemd, so the
 /// process's name (comm) is `name`; checked after the start.
-fn start_tandemd_as(ns: &mut Netns, dir: PathBuf, config_toml: &str, name: &str) -> Tandemd {
+fn start_tandemd_as(ns: &mut Netns, dir: PathBuf, config_toml: &str, name: &str, log_level: &str) -> Tandemd {
     let bin = bin_dir().join("tandemd");
     let bin = std::fs::canonicalize(&bin).unwrap_or_else(|_| {
         panic!("{} is missing: build with `cargo build --workspace --bins` first", bin.display())
@@ -455,7 +497,7 @@ fn start_tandemd_as(ns: &mut Netns, dir: PathBuf, config_toml: &str, name: &str)
         .arg(&conf)
         .arg("--socket")
         .arg(&socket)
-        .args(["--log-level", "debug"])
+        .args(["--log-level", log_level])
         .stdout(std::fs::File::create(dir.join("stdout")).expect("stdout file"))
         .stderr(std::fs::File::create(dir.join("tandemd.log")).expect("log file"));
     let pid = ns.spawn(cmd);

@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod esp_capture;
 pub mod faults;
 pub mod lanhost;
+pub mod load_peer;
 pub mod netns;
 pub mod nsenter;
 pub mod probe;
