@@ -398,6 +398,30 @@ fn traffic_on(b: &Bed, sas: &Sas, what: &str) {
 }
 
 /// The part of charon's log from byte `from`.
+/// The end of a rekey of tandem's that node 2 completed by resending node 1's request: charon
+/// processed that request once, under the resent Message ID, traffic runs on the new SAs, charon
+/// logged nothing bad since the kill, and the ping's gap is measured.
+#[allow(clippy::too_many_arguments)]
+fn resent_rekey_done(
+    b: &mut Bed,
+    ping: BackgroundPing,
+    answered: Option<u32>,
+    bytes: u64,
+    taken: &Taken,
+    log_at: usize,
+    new: &Sas,
+    what: &str,
+) {
+    let mid = resent(b, "CREATE_CHILD_SA", answered, bytes, taken.charon_log_at_kill, what);
+    let since = log_from(&b.c, log_at);
+    let reqs = mids(&since, "parsed", "CREATE_CHILD_SA", "request");
+    assert_eq!(reqs, vec![mid], "{what}: charon processed CREATE_CHILD_SA requests {reqs:?}:\n{since}");
+    traffic_on(b, new, what);
+    let since_kill = log_from(&b.c, taken.charon_log_at_kill);
+    charon_clean(b, &since_kill, what);
+    gap_of(b, ping, what);
+}
+
 fn log_from(c: &Charon, from: usize) -> String {
     c.log().get(from..).unwrap_or("").to_string()
 }
@@ -580,14 +604,7 @@ fn child_rekey_by_tandem(lose: Lose, what: &str) {
         took < TANDEM_RETRANSMIT,
         "{what}: completed {took:?} after the takeover: not by the takeover's resend"
     );
-    let mid = resent(&b, "CREATE_CHILD_SA", answered, bytes, taken.charon_log_at_kill, what);
-    let since = log_from(&b.c, log_at);
-    let reqs = mids(&since, "parsed", "CREATE_CHILD_SA", "request");
-    assert_eq!(reqs, vec![mid], "{what}: charon processed CREATE_CHILD_SA requests {reqs:?}:\n{since}");
-    traffic_on(&b, &new, what);
-    let since_kill = log_from(&b.c, taken.charon_log_at_kill);
-    charon_clean(&b, &since_kill, what);
-    gap_of(&mut b, ping, what);
+    resent_rekey_done(&mut b, ping, answered, bytes, &taken, log_at, &new, what);
 }
 
 #[test]
@@ -600,20 +617,61 @@ fn child_rekey_by_tandem_response_lost() {
     child_rekey_by_tandem(Lose::Charons, "CHILD rekey by tandem, charon's response lost");
 }
 
+/// The end of a rekey of charon's that node 2 answered from node 1's mirrored response: charon got
+/// one answer to its request `mid`, after its first retransmission and within two of its
+/// retransmit intervals of the takeover (`took`), traffic runs on the new SAs, charon logged
+/// nothing bad since the kill, and the ping's gap is measured.
+fn cached_answer_done(
+    b: &mut Bed,
+    ping: BackgroundPing,
+    (mid, took): (u32, Duration),
+    taken: &Taken,
+    log_at: usize,
+    new: &Sas,
+    what: &str,
+) {
+    let since = log_from(&b.c, log_at);
+    assert_eq!(
+        mids(&since, "parsed", "CREATE_CHILD_SA", "response"),
+        vec![mid],
+        "{what}: charon did not get one answer to its request {mid}:\n{since}"
+    );
+    assert!(
+        since.contains(&format!("retransmit 1 of request with message ID {mid}")),
+        "{what}: the answer came without charon retransmitting:\n{since}"
+    );
+    assert!(
+        took < CHARON_RETRANSMIT * 2,
+        "{what}: took {took:?} after the takeover: not the answer to charon's first retransmission"
+    );
+    traffic_on(b, new, what);
+    let since_kill = log_from(&b.c, taken.charon_log_at_kill);
+    charon_clean(b, &since_kill, what);
+    gap_of(b, ping, what);
+}
+
+/// A cluster under a 10 ms ping in which charon starts a rekey (`swanctl --rekey` with `which`)
+/// that node 1 answers and whose answer is lost. Returns the bed, the SAs before, the ping and
+/// where charon's log stood.
+fn charon_rekeys(which: &[&str], what: &str) -> Option<(Bed, Sas, BackgroundPing, usize)> {
+    let mut b = bed("", |_| {})?;
+    let old = b.sas.clone();
+    let ping = BackgroundPing::start(&mut b.cl.peer, PEER_INNER, CLUSTER_INNER, Duration::from_millis(10));
+    let log_at = b.c.log().len();
+    lose_ike(&b.cl.gw[0], Lose::Node1s);
+    let out = b.c.swanctl(&[&["--rekey"], which].concat());
+    assert!(out.status.success(), "swanctl --rekey {which:?}: {}", String::from_utf8_lossy(&out.stdout));
+    await_lost(&b, 1, what);
+    Some((b, old, ping, log_at))
+}
+
 /// charon rekeys the CHILD SA (`swanctl --rekey --child`); node 1 answers, its response is lost.
 /// charon retransmits to node 2, which answers from the mirrored response cache: the new CHILD SA
 /// is the one node 1 negotiated (its SPIs, its keys) and carries the traffic through node 2.
 #[test]
 fn child_rekey_by_charon_response_lost() {
     let what = "CHILD rekey by charon, response lost";
-    let Some(mut b) = bed("", |_| {}) else { return };
-    let old = b.sas.clone();
-    let ping = BackgroundPing::start(&mut b.cl.peer, PEER_INNER, CLUSTER_INNER, Duration::from_millis(10));
-    let log_at = b.c.log().len();
-    lose_ike(&b.cl.gw[0], Lose::Node1s);
-    let out = b.c.swanctl(&["--rekey", "--child", "net"]);
-    assert!(out.status.success(), "swanctl --rekey --child: {}", String::from_utf8_lossy(&out.stdout));
-    await_lost(&b, 1, what);
+    let Some((mut b, old, ping, log_at)) = charon_rekeys(&["--child", "net"], what) else { return };
     // Node 1 answered and mirrored both CHILD SAs; charon has not had the answer.
     let mut mirrored = Vec::new();
     let both = wait_until(WAIT, POLL, || {
@@ -649,24 +707,7 @@ fn child_rekey_by_charon_response_lost() {
     );
     assert_eq!(new.ike, old.ike, "{what}: a CHILD rekey keeps the IKE SA");
     assert_eq!(new.child, answered, "{what}: the CHILD SA is not the one node 1 answered with");
-    let since = log_from(&b.c, log_at);
-    assert_eq!(
-        mids(&since, "parsed", "CREATE_CHILD_SA", "response"),
-        vec![mid],
-        "{what}: charon did not get one answer to its request {mid}:\n{since}"
-    );
-    assert!(
-        since.contains(&format!("retransmit 1 of request with message ID {mid}")),
-        "{what}: the answer came without charon retransmitting:\n{since}"
-    );
-    assert!(
-        took < CHARON_RETRANSMIT * 2,
-        "{what}: took {took:?} after the takeover: not the answer to charon's first retransmission"
-    );
-    traffic_on(&b, &new, what);
-    let since_kill = log_from(&b.c, taken.charon_log_at_kill);
-    charon_clean(&b, &since_kill, what);
-    gap_of(&mut b, ping, what);
+    cached_answer_done(&mut b, ping, (mid, took), &taken, log_at, &new, what);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -707,14 +748,7 @@ fn ike_rekey_by_tandem(lose: Lose, what: &str) {
     );
     assert_eq!(new.child, old.child, "{what}: an IKE rekey moves the CHILD SA over unchanged");
     assert!(took < TANDEM_RETRANSMIT, "{what}: completed {took:?} after the takeover: not by its resend");
-    let mid = resent(&b, "CREATE_CHILD_SA", answered, bytes, taken.charon_log_at_kill, what);
-    let since = log_from(&b.c, log_at);
-    let reqs = mids(&since, "parsed", "CREATE_CHILD_SA", "request");
-    assert_eq!(reqs, vec![mid], "{what}: charon processed CREATE_CHILD_SA requests {reqs:?}:\n{since}");
-    traffic_on(&b, &new, what);
-    let since_kill = log_from(&b.c, taken.charon_log_at_kill);
-    charon_clean(&b, &since_kill, what);
-    gap_of(&mut b, ping, what);
+    resent_rekey_done(&mut b, ping, answered, bytes, &taken, log_at, &new, what);
 }
 
 #[test]
@@ -733,14 +767,7 @@ fn ike_rekey_by_tandem_response_lost() {
 #[test]
 fn ike_rekey_by_charon_response_lost() {
     let what = "IKE rekey by charon, response lost";
-    let Some(mut b) = bed("", |_| {}) else { return };
-    let old = b.sas.clone();
-    let ping = BackgroundPing::start(&mut b.cl.peer, PEER_INNER, CLUSTER_INNER, Duration::from_millis(10));
-    let log_at = b.c.log().len();
-    lose_ike(&b.cl.gw[0], Lose::Node1s);
-    let out = b.c.swanctl(&["--rekey", "--ike", "t"]);
-    assert!(out.status.success(), "swanctl --rekey --ike: {}", String::from_utf8_lossy(&out.stdout));
-    await_lost(&b, 1, what);
+    let Some((mut b, old, ping, log_at)) = charon_rekeys(&["--ike", "t"], what) else { return };
     let mut mirrored = Vec::new();
     let both = wait_until(WAIT, POLL, || {
         mirrored = b.t2.ike_sas();
@@ -768,24 +795,7 @@ fn ike_rekey_by_charon_response_lost() {
     );
     assert_eq!(&new.ike, answered, "{what}: the IKE SA is not the one node 1 answered with");
     assert_eq!(new.child, old.child, "{what}: an IKE rekey moves the CHILD SA over unchanged");
-    let since = log_from(&b.c, log_at);
-    assert_eq!(
-        mids(&since, "parsed", "CREATE_CHILD_SA", "response"),
-        vec![mid],
-        "{what}: charon did not get one answer to its request {mid}:\n{since}"
-    );
-    assert!(
-        since.contains(&format!("retransmit 1 of request with message ID {mid}")),
-        "{what}: the answer came without charon retransmitting:\n{since}"
-    );
-    assert!(
-        took < CHARON_RETRANSMIT * 2,
-        "{what}: took {took:?} after the takeover: not the answer to charon's first retransmission"
-    );
-    traffic_on(&b, &new, what);
-    let since_kill = log_from(&b.c, taken.charon_log_at_kill);
-    charon_clean(&b, &since_kill, what);
-    gap_of(&mut b, ping, what);
+    cached_answer_done(&mut b, ping, (mid, took), &taken, log_at, &new, what);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -309,22 +309,27 @@ impl Cluster {
         while self.p.poll_event().is_some() {}
     }
 
+    /// A CHILD SA the new active installs, placed by the daemon's rule; it seals from there.
+    fn place_b(&mut self, ike_sa: u64, spi_in: u32, outstanding: Option<u32>, resumed: Option<u64>) {
+        let p = place_child_sa(
+            &mut self.b_active,
+            &self.standby,
+            &mut self.shared_b,
+            ike_sa,
+            spi_in,
+            outstanding,
+            resumed,
+        );
+        self.sealed_b.insert(spi_in, (p.next_seq, p.next_seq - 1, p.ceiling));
+    }
+
     /// After any call into the new active: CHILD SAs placed by the same rule as the daemon's.
     fn after_b(&mut self) {
         while let Some(e) = self.b.poll_event() {
             match e {
                 Event::ChildSaUp(c) => {
                     let out = self.b.outstanding_request(c.ike_sa);
-                    let p = place_child_sa(
-                        &mut self.b_active,
-                        &self.standby,
-                        &mut self.shared_b,
-                        c.ike_sa,
-                        c.spi_in,
-                        out,
-                        None,
-                    );
-                    self.sealed_b.insert(c.spi_in, (p.next_seq, p.next_seq - 1, p.ceiling));
+                    self.place_b(c.ike_sa, c.spi_in, out, None);
                 }
                 Event::ChildSaDown { spi_in, .. } => {
                     self.b_active.child_sa_removed(spi_in);
@@ -447,16 +452,7 @@ impl Cluster {
                 Event::ChildSaUp(c) => {
                     let sealed = self.high.get(&c.spi_in).copied().unwrap_or(0);
                     let resume = self.standby.resume_seq(c.spi_in);
-                    let p = place_child_sa(
-                        &mut self.b_active,
-                        &self.standby,
-                        &mut self.shared_b,
-                        c.ike_sa,
-                        c.spi_in,
-                        None,
-                        Some(resume),
-                    );
-                    self.sealed_b.insert(c.spi_in, (p.next_seq, p.next_seq - 1, p.ceiling));
+                    self.place_b(c.ike_sa, c.spi_in, None, Some(resume));
                     out.push((c.spi_in, resume, sealed));
                 }
                 Event::ChildSaDown { spi_in, .. } => self.b_active.child_sa_removed(spi_in),
