@@ -20,7 +20,7 @@
 //! Writes the "ha" section of docs/performance.md when `BENCH_WRITE` names it.
 //!
 //! Environment: BENCH_HA_COUNTS ("1 100 1000"), BENCH_HA_RUNS (3 failovers per count),
-//! BENCH_HA_PROBE (50 tunnels probed), BENCH_HA_PROBE_MS (10), BENCH_HA_TPUT_RUNS (3),
+//! BENCH_HA_PROBE (50 tunnels probed), BENCH_HA_PROBE_MS (10), BENCH_HA_TPUT_RUNS (5),
 //! BENCH_HA_TPUT_SECONDS (5), BENCH_HA_BULK (10000), BENCH_HA_BYTES_TUNNELS (1000),
 //! BENCH_HA_REKEY (30: each CHILD SA rekeyed after 15-30 s), BENCH_HA_IDLE (8), BENCH_HA_REKEY_WINDOW
 //! (45), BENCH_HA_ONLY (comma-separated subset of "failover,throughput,bulk,bytes").
@@ -31,7 +31,9 @@ use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tandem_testbed::bench::ike::host;
 use tandem_testbed::bench::iperf::{client_args, parse_iperf, Load};
-use tandem_testbed::bench::{check_interrupt, install_signal_handlers, loadavg, median, run_bounded};
+use tandem_testbed::bench::{
+    check_interrupt, cpu_seconds, install_signal_handlers, loadavg, median, run_bounded,
+};
 use tandem_testbed::cluster::{
     cluster_conf, ha_status, tail, Cluster, CLUSTER_INNER, HA_GROUP, PEER_INNER, PEER_WAN, VIP,
 };
@@ -327,6 +329,8 @@ struct TputRun {
     gbps: [Vec<f64>; 2],
     sync_bytes_per_s: [Vec<f64>; 2],
     errors: Vec<String>,
+    /// CPU seconds per second of run (cores) of node 1 and, with sync on, node 2, per direction.
+    cpu: [Vec<(f64, f64)>; 2],
     /// The active's lease requests and lease stalls over the runs.
     leases_asked: u64,
     lease_stalls: u64,
@@ -396,6 +400,8 @@ fn throughput(sync: Sync, runs: usize, seconds: u32) -> TputRun {
         for (d, dir) in DIRECTIONS.iter().enumerate() {
             check_interrupt();
             let st0 = nodes.first().filter(|_| sync != Sync::Off).map(ha_status);
+            let cpu_of = |k: usize| nodes.get(k).map_or(0.0, |n| cpu_seconds(n.pid));
+            let cpu0 = (cpu_of(0), cpu_of(1));
             let t = Instant::now();
             // iperf3's server may still be binding on the first run: retried once.
             let mut res = iperf_once(&cl, d == 1, seconds);
@@ -403,6 +409,7 @@ fn throughput(sync: Sync, runs: usize, seconds: u32) -> TputRun {
                 res = iperf_once(&cl, d == 1, seconds);
             }
             let secs = t.elapsed().as_secs_f64();
+            let cpu = ((cpu_of(0) - cpu0.0) / secs, (cpu_of(1) - cpu0.1) / secs);
             let bytes = st0.map(|s0| {
                 let (a, b) = (link_bytes(&s0), link_bytes(&ha_status(&nodes[0])));
                 ((b.0 + b.1).saturating_sub(a.0 + a.1)) as f64 / secs
@@ -410,11 +417,14 @@ fn throughput(sync: Sync, runs: usize, seconds: u32) -> TputRun {
             match res {
                 Ok(g) => {
                     eprintln!(
-                        "   {}, {dir}, run {i}/{runs}: {g:.2} Gbit/s{}",
+                        "   {}, {dir}, run {i}/{runs}: {g:.2} Gbit/s, CPU node 1 {:.2} node 2 {:.2} cores{}",
                         sync.label(),
+                        cpu.0,
+                        cpu.1,
                         bytes.map(|b| format!(", sync link {b:.0} bytes/s")).unwrap_or_default()
                     );
                     r.gbps[d].push(g);
+                    r.cpu[d].push(cpu);
                     if let Some(b) = bytes {
                         r.sync_bytes_per_s[d].push(b);
                     }
@@ -710,7 +720,7 @@ fn main() {
     let runs: usize = env_num("BENCH_HA_RUNS", 3);
     let probe: usize = env_num("BENCH_HA_PROBE", 50);
     let probe_ms: u64 = env_num("BENCH_HA_PROBE_MS", 10);
-    let tput_runs: usize = env_num("BENCH_HA_TPUT_RUNS", 3);
+    let tput_runs: usize = env_num("BENCH_HA_TPUT_RUNS", 5);
     let tput_s: u32 = env_num("BENCH_HA_TPUT_SECONDS", 5);
     let bulk_counts: Vec<usize> = std::env::var("BENCH_HA_BULK")
         .unwrap_or_else(|_| "2000 10000".into())
@@ -759,6 +769,7 @@ fn main() {
                 for d in 0..2 {
                     t.gbps[d].extend(r.gbps[d].iter().copied());
                     t.sync_bytes_per_s[d].extend(r.sync_bytes_per_s[d].iter().copied());
+                    t.cpu[d].extend(r.cpu[d].iter().copied());
                 }
                 t.errors.extend(r.errors);
                 t.leases_asked += r.leases_asked;
@@ -835,11 +846,11 @@ fn main() {
             verdict(m <= OUTAGE_TARGET_MS)
         ));
     }
-    let mut tp = String::from("| configuration | direction | single-stream TCP Gbit/s, median (runs) | sync link bytes/s during the stream, median | lease requests / lease stalls (all runs) | failed runs (both directions) |\n|---|---|---|---|---|---|\n");
+    let mut tp = String::from("| configuration | direction | single-stream TCP Gbit/s, median (runs) | sync link bytes/s during the stream, median | CPU of node 1 / node 2 during the stream, cores, median | lease requests / lease stalls (all runs) | failed runs (both directions) |\n|---|---|---|---|---|---|---|\n");
     for (s, r) in &tput {
         for (d, dir) in DIRECTIONS.iter().enumerate() {
             tp.push_str(&format!(
-                "| {} | {dir} | {:.2} ({}) | {} | {} | {} |\n",
+                "| {} | {dir} | {:.2} ({}) | {} | {:.2} / {} | {} | {} |\n",
                 s.label(),
                 median(&r.gbps[d]),
                 r.gbps[d].iter().map(|g| format!("{g:.2}")).collect::<Vec<_>>().join(", "),
@@ -847,6 +858,12 @@ fn main() {
                     "-".into()
                 } else {
                     format!("{:.0}", median(&r.sync_bytes_per_s[d]))
+                },
+                median(&r.cpu[d].iter().map(|c| c.0).collect::<Vec<_>>()),
+                if *s == Sync::On {
+                    format!("{:.2}", median(&r.cpu[d].iter().map(|c| c.1).collect::<Vec<_>>()))
+                } else {
+                    "-".into()
                 },
                 if *s == Sync::Off { "-".into() } else { format!("{} / {}", r.leases_asked, r.lease_stalls) },
                 r.errors.len()
@@ -873,13 +890,18 @@ fn main() {
         let ratio =
             b.in_process_ms.filter(|_| !b.stalled).map(|ms| b.log_connect_to_complete_s * 1000.0 / ms);
         bk.push_str(&format!(
-            "| {} | {}{} | {:.3} | {:.3} | {} | {:.1} MB ({:.0} per SA reached) | {} | {} | {} |\n",
+            "| {} | {}{} | {} | {:.3} | {:.3} | {} | {:.1} MB ({:.0} per SA reached) | {} | {} | {} |\n",
             b.count,
             b.mirrored,
             if b.stalled {
                 format!(" (STALLED: no change for {} s)", STALL.as_secs())
             } else {
                 String::new()
+            },
+            if b.log_connect_to_complete_s.is_finite() {
+                format!("{:.3}", b.log_connect_to_complete_s)
+            } else {
+                "never".into()
             },
             b.connect_to_mirrored_s,
             b.start_to_mirrored_s,
@@ -961,7 +983,7 @@ Command: `scripts/bench-ha` (BENCH_HA_COUNTS=\"{}\", BENCH_HA_RUNS={runs}, BENCH
         }
     }
     if !tput.is_empty() {
-        s += &format!("### Single-stream throughput with and without sync\n\nOne tunnel from a tandemd peer in the peer namespace to the VIP (ESP in UDP, `encap = true`), iperf3 TCP with one stream for {tput_s} s from the peer's inner address to the cluster's and back (`-R`), {tput_runs} rounds of one run per configuration and direction, each configuration on fresh namespaces in every round (so a change in the machine's load falls on all alike). Sync on: node 1 active with node 2 in sync (sequence-number leases, replay-window updates and write-ahead on the link). Sync off: node 1 alone without `[ha]`. Standby absent: `[ha]` configured, node 2 killed before the tunnel. The sync link's bytes per second are the active's sent + received counters over each run.\n\n{tp}\n");
+        s += &format!("### Single-stream throughput with and without sync\n\nOne tunnel from a tandemd peer in the peer namespace to the VIP (ESP in UDP, `encap = true`), iperf3 TCP with one stream for {tput_s} s from the peer's inner address to the cluster's and back (`-R`), {tput_runs} rounds of one run per configuration and direction, each configuration on fresh namespaces in every round (so a change in the machine's load falls on all alike). Sync on: node 1 active with node 2 in sync (sequence-number leases, replay-window updates and write-ahead on the link). Sync off: node 1 alone without `[ha]`. Standby absent: `[ha]` configured, node 2 killed before the tunnel. The sync link's bytes per second are the active's sent + received counters over each run. CPU: each node's tandemd utime+stime over the run, per second (1.00 = one of the 2 vCPUs, which iperf3's client and server, the peer's tandemd and both nodes share).\n\n{tp}\n");
     }
     if !bk.is_empty() {
         s += &format!("### Bulk sync over the sync link\n\nFor {} SAs: node 1 active alone (node 2 killed after the first sync) establishes the SAs with `tandem-load`, then node 2 is started as standby: the QUIC link comes up and node 1 bulk-sends every SA. Timed twice: from node 2's own log (tandemd at log level info), its `HA link: peer up` to its `mirror complete ike_sas=N` (the BulkDone applied after every SA); and by polling both nodes' GET /v1/ha in a loop (one `tandemctl` call each, some ms apart; a node's engine answers the API only between its work, so the active's `link_up` is seen late while it produces the bulk), from the active's `link_up` seen to node 2's `ike_sas` seen at the count. A transfer whose count stays put for {} s counts as stalled; its time is that of the last rise. The ratio to the in-process figure uses the log's time. The in-process baseline runs `cargo run --release -p tandem-ha --example bulk_sync N` in the same run (encode, frame, decode and mirror in one process, without the QUIC transfer).\n\n{bk}\n", bulk_counts.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(" and "), STALL.as_secs());
