@@ -6,8 +6,12 @@
 pub const PREAMBLE: &str = "# Performance\n\nEvery figure is measured by a script, against a baseline measured in the same run on the same\nnamespace topology, and is reproduced by the command given with it.\n";
 
 /// Known sections in document order, with the heading prefix that identifies an unmarked one.
-pub const SECTIONS: &[(&str, &str)] =
-    &[("ike", "## IKE handshakes"), ("scale", "## Scale"), ("dataplane", "## ESP dataplane")];
+pub const SECTIONS: &[(&str, &str)] = &[
+    ("ike", "## IKE handshakes"),
+    ("scale", "## Scale"),
+    ("dataplane", "## ESP dataplane"),
+    ("ha", "## HA"),
+];
 
 fn marker(key: &str) -> String {
     format!("<!-- section: {key} (written by its script; rerunning the other script keeps it) -->")
