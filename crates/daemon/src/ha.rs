@@ -15,7 +15,7 @@ use tandem_ha::active::PeerState;
 use tandem_ha::msg::Role;
 use tandem_ha::replay::ReplayTrigger;
 use tandem_ha::{place_child_sa, ActiveSync, BulkSa, Released, SharedExchanges, StandbySync, SyncMsg};
-use tandem_ha_link::{Channel, Link, LinkConfig, LinkEvent, LinkRx, LinkTx, NodeKey, Pin};
+use tandem_ha_link::{Channel, Link, LinkConfig, LinkEvent, LinkRx, LinkTx, NodeKey, Pin, SendError};
 use tandem_ike::{ChildSaInstall, Endpoint, IkeSaId, SaObserver, Takeover, Transmit};
 use tracing::{info, warn};
 
@@ -105,6 +105,8 @@ pub struct Ha {
     link_up: bool,
     /// The other node's last Hello said it is a standby (a node that may be bulk-synced).
     peer_standby: bool,
+    /// Standby: the latest ack not yet taken by the link (acks are cumulative: one is enough).
+    pending_ack: Option<u64>,
     generation: u64,
     digest: [u8; 32],
     config_match: Option<bool>,
@@ -156,6 +158,7 @@ impl Ha {
             rx: Some(rx),
             link_up: false,
             peer_standby: false,
+            pending_ack: None,
             generation: 0,
             digest: *config.cluster_digest().public(),
             config_match: None,
@@ -175,7 +178,7 @@ impl Ha {
 
     /// The HA tick has work: leases and replay windows (active), or a handover to watch.
     pub fn ticking(&self) -> bool {
-        self.active_role || self.handover.is_some()
+        self.active_role || self.handover.is_some() || self.pending_ack.is_some()
     }
 
     /// Planned switchover (`tandemctl ha switchover` on the active): the standby, in sync, gets
@@ -315,19 +318,43 @@ impl Ha {
         self.replay.remove(spi_in);
     }
 
-    /// Send what the protocol has queued.
+    /// Send what the protocol has queued, as far as the link takes it now: a message its queue
+    /// refuses waits for the next call (every engine event and the 5 ms tick), so a bulk transfer
+    /// of any size is paced by the link instead of overflowing it (fault B1, docs/ha.md).
     pub fn send_queued(&mut self) {
+        if let Some(seq) = self.pending_ack {
+            if !self.try_send(&SyncMsg::Ack { seq }) {
+                return;
+            }
+            self.pending_ack = None;
+        }
         while let Some(m) = self.active.poll_send() {
-            self.send(&m);
+            if !self.try_send(&m) {
+                self.active.unsend(m);
+                return;
+            }
+        }
+    }
+
+    /// The link has or refuses `m`: false when its queue is full (try again later); a message it
+    /// can never take is logged and dropped (the standby then finds a gap and resyncs).
+    fn try_send(&mut self, m: &SyncMsg) -> bool {
+        // Bulk and live messages share one numbered sequence that the standby applies in order, so
+        // one ordered stream carries both. Moving bulk to the link's lower-priority stream needs
+        // ordering per SA instead (docs/ha.md, "What is not built yet").
+        match self.tx.send(Channel::Live, m.encode().to_vec()) {
+            Ok(()) => true,
+            Err(SendError::Full(_)) => false,
+            Err(e) => {
+                warn!(target: "ha", "sync message not queued: {e}");
+                true
+            }
         }
     }
 
     fn send(&mut self, m: &SyncMsg) {
-        // Bulk and live messages share one numbered sequence that the standby applies in order, so
-        // one ordered stream carries both. Moving bulk to the link's lower-priority stream needs
-        // ordering per SA instead (docs/ha.md, "What is not built yet").
-        if let Err(e) = self.tx.send(Channel::Live, m.encode().to_vec()) {
-            warn!(target: "ha", "sync message not queued: {e}");
+        if !self.try_send(m) {
+            warn!(target: "ha", "sync message not queued: the link's queue is full");
         }
     }
 
@@ -354,6 +381,8 @@ impl Ha {
         match ev {
             LinkEvent::PeerUp { generation } => {
                 self.link_up = true;
+                // An ack of the last connection's numbering must not reach the new one.
+                self.pending_ack = None;
                 self.generation = generation;
                 info!(target: "ha", generation, "sync link up");
                 // Each side introduces itself; an active node starts the bulk transfer when the
@@ -365,6 +394,7 @@ impl Ha {
             }
             LinkEvent::PeerDown { generation, reason } => {
                 self.link_up = false;
+                self.pending_ack = None;
                 self.peer_standby = false;
                 warn!(target: "ha", generation, ?reason, "sync link down");
                 if self.active_role {
@@ -407,7 +437,11 @@ impl Ha {
                 Ok(m) if !self.active_role => match self.standby.handle(now, endpoint, m) {
                     Ok(Some(ack)) => {
                         self.last_sync = Some(now);
-                        self.send(&ack);
+                        if let SyncMsg::Ack { seq } = ack {
+                            // Sent by `send_queued`, right after this event, or on a later tick
+                            // when the link's queue is full.
+                            self.pending_ack = Some(seq);
+                        }
                         if self.standby.take_handover() {
                             if let Some(t) = self.take_over_as(now, endpoint, true) {
                                 self.switchovers_in += 1;
@@ -419,6 +453,7 @@ impl Ha {
                     Err(e) => {
                         // A message lost or out of order: ask for everything again.
                         warn!(target: "ha", "{e}");
+                        self.pending_ack = None;
                         self.standby.link_up();
                         self.hello();
                     }

@@ -125,6 +125,12 @@ impl<T> ActiveSync<T> {
         self.outbox.pop_front()
     }
 
+    /// The link could not take `m` now (its queue is full): it goes first again, and the caller
+    /// tries later. A bulk transfer of many SAs is paced by the link this way.
+    pub fn unsend(&mut self, m: SyncMsg) {
+        self.outbox.push_front(m);
+    }
+
     /// The engine's observer reported an IKE SA change.
     pub fn ike_sa_changed(&mut self, id: u64, snapshot: &[u8]) {
         if !self.connected() {

@@ -64,27 +64,8 @@ const THROUGHPUT_TARGET: f64 = 0.95;
 const BULK_TARGET_S: f64 = 2.0;
 
 /// The active's sync link byte counters (GET /v1/ha `link`): (sent, received), both streams.
-/// `link` is the Debug text of the link's counters (`LinkStats { live: ChannelStats { ... } }`);
-/// a JSON object is read too, should it become one.
 fn link_bytes(st: &Value) -> (u64, u64) {
-    let link = &st["link"];
-    if link.is_object() {
-        let f = |c: &str, k: &str| link[c][k].as_u64().unwrap_or(0);
-        return (
-            f("live", "sent_bytes") + f("bulk", "sent_bytes"),
-            f("live", "received_bytes") + f("bulk", "received_bytes"),
-        );
-    }
-    let text = link.as_str().unwrap_or("");
-    let sum = |key: &str| -> u64 {
-        text.match_indices(&format!("{key}: "))
-            .filter_map(|(i, m)| {
-                let rest = &text[i + m.len()..];
-                rest.split(|c: char| !c.is_ascii_digit()).next()?.parse::<u64>().ok()
-            })
-            .sum()
-    };
-    (sum("sent_bytes"), sum("received_bytes"))
+    (link_counter(st, "sent_bytes"), link_counter(st, "received_bytes"))
 }
 
 /// Seconds since the epoch of a tracing log line's leading `2026-12-03T18:44:35.967691Z`.
@@ -110,19 +91,9 @@ fn log_time(log: &str, what: &str) -> Option<f64> {
     log.lines().find(|l| l.contains(what)).and_then(log_epoch)
 }
 
-/// One counter of the active's link summed over both streams (`queue_full`, `sent_messages`...),
-/// from the same Debug text (or JSON object) as `link_bytes`.
+/// One counter of the active's link summed over both streams (`queue_full`, `sent_messages`...).
 fn link_counter(st: &Value, key: &str) -> u64 {
-    let link = &st["link"];
-    if link.is_object() {
-        return ["live", "bulk"].iter().map(|c| link[*c][key].as_u64().unwrap_or(0)).sum();
-    }
-    let text = link.as_str().unwrap_or("");
-    text.match_indices(&format!(" {key}: "))
-        .filter_map(|(i, m)| {
-            text[i + m.len()..].split(|c: char| !c.is_ascii_digit()).next()?.parse::<u64>().ok()
-        })
-        .sum()
+    ["live", "bulk"].iter().map(|c| st["link"][*c][key].as_u64().unwrap_or(0)).sum()
 }
 
 /// The `notified at EPOCH` of the first line after byte `from` of a notify log containing `what`,
