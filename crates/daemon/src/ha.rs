@@ -557,8 +557,9 @@ impl Ha {
         }
         let t = endpoint.take_over(now);
         self.active_role = true;
-        // The old active, if alive, is not a standby until it says so (after stepping down).
-        self.peer_standby = false;
+        // `peer_standby` stays as the other node last said: a node that said "standby" (a pair
+        // coming up) gets its bulk at the next tick; an old active said "active" and gets none
+        // until it steps down and says "standby".
         self.takeovers += 1;
         self.last_takeover = Some(t.clone());
         // The standby the old active had is gone: this node starts alone, and the next standby
