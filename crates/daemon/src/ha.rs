@@ -52,6 +52,13 @@ impl SaObserver for Queue {
     }
 }
 
+/// How far a stale takeover pushes its next Message ID past the mirrored one when it asks the peer
+/// to synchronise (RFC 6311). strongSwan ignores a sync whose sender ID is below the one it
+/// expects, and the old active may have sent requests alone since the mirror went stale: a DPD
+/// every second for 18 hours stays below this. A jump costs nothing (32-bit IDs; a rekey starts
+/// again at 0).
+pub const MID_SYNC_MARGIN: u32 = 65_536;
+
 /// `GET /v1/ha`.
 #[derive(Debug, Clone, Serialize)]
 pub struct HaStatus {
@@ -79,6 +86,9 @@ pub struct HaStatus {
     /// connection, or the link gone before the takeover): IKE SAs the old active ran on alone may
     /// have moved on (docs/ha.md, "Known faults").
     pub stale_takeovers: u64,
+    /// IKE SAs whose Message IDs a stale takeover set out to synchronise with the peer (RFC 6311;
+    /// only peers that announced support). The engine's `mid_syncs_done` counts the answers.
+    pub mid_syncs: u64,
     /// Planned switchovers: handed over by this node, taken over by this node.
     pub switchovers_out: u64,
     pub switchovers_in: u64,
@@ -115,6 +125,7 @@ pub struct Ha {
     last_takeover: Option<Takeover>,
     split_brain: u64,
     stale_takeovers: u64,
+    mid_syncs: u64,
     switchovers_out: u64,
     switchovers_in: u64,
     /// The planned switchover this node started: when, the Handover's sync sequence number, and
@@ -167,6 +178,7 @@ impl Ha {
             last_takeover: None,
             split_brain: 0,
             stale_takeovers: 0,
+            mid_syncs: 0,
             switchovers_out: 0,
             switchovers_in: 0,
             handover: None,
@@ -527,7 +539,8 @@ impl Ha {
         if self.active_role || self.handover.is_some() {
             return None;
         }
-        if !self.standby.in_sync() || !self.link_up {
+        let stale = !self.standby.in_sync() || !self.link_up;
+        if stale {
             // Taken over anyway: the active may simply have died (its death is what took the link
             // down), and nothing better than this mirror exists. But an active that ran alone after
             // the link went (a partition, or an ack timeout) may have moved IKE SAs on.
@@ -556,6 +569,11 @@ impl Ha {
             );
         }
         let t = endpoint.take_over(now);
+        if stale && !planned {
+            // The old active may have run exchanges this mirror never saw: learn the peers'
+            // Message IDs (RFC 6311) instead of talking past them (model finding F3).
+            self.mid_syncs += endpoint.sync_message_ids(now, MID_SYNC_MARGIN) as u64;
+        }
         self.active_role = true;
         // `peer_standby` stays as the other node last said: a node that said "standby" (a pair
         // coming up) gets its bulk at the next tick; an old active said "active" and gets none
@@ -620,6 +638,7 @@ impl Ha {
             last_takeover: self.last_takeover.clone(),
             split_brain: self.split_brain,
             stale_takeovers: self.stale_takeovers,
+            mid_syncs: self.mid_syncs,
             switchovers_out: self.switchovers_out,
             switchovers_in: self.switchovers_in,
             handing_over: self.handover.is_some(),
