@@ -68,6 +68,8 @@ pub fn ha_status(v: &Value) -> String {
             v,
             &[
                 ("stale_takeovers", "stale"),
+                ("mid_syncs", "Message ID syncs"),
+                ("takeovers_deferred", "deferred"),
                 ("switchovers_out", "switchovers out"),
                 ("switchovers_in", "in"),
                 ("split_brain", "split brain")
@@ -130,7 +132,7 @@ mod tests {
         let v = serde_json::json!({
             "node_id": 2, "role": "standby", "peer": "in-sync", "link_up": true, "link_generation": 3,
             "config_match": false, "ike_sas": 10, "lag_messages": 0, "since_last_sync_ms": 12,
-            "takeovers": 0, "last_takeover": null, "stale_takeovers": 0, "switchovers_out": 0,
+            "takeovers": 0, "last_takeover": null, "stale_takeovers": 0, "mid_syncs": 0, "takeovers_deferred": 0, "switchovers_out": 0,
             "switchovers_in": 0, "split_brain": 0, "handing_over": false,
             "active": {"snapshots": 0}, "standby": {"applied": 40, "bulk_transfers": 1},
             "link": {"live": {"sent_messages": 40}, "bulk": {}, "connects": 1}

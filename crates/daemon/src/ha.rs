@@ -52,6 +52,13 @@ impl SaObserver for Queue {
     }
 }
 
+/// How far a stale takeover pushes its next Message ID past the mirrored one when it asks the peer
+/// to synchronise (RFC 6311). strongSwan ignores a sync whose sender ID is below the one it
+/// expects, and the old active may have sent requests alone since the mirror went stale: a DPD
+/// every second for 18 hours stays below this. A jump costs nothing (32-bit IDs; a rekey starts
+/// again at 0).
+pub const MID_SYNC_MARGIN: u32 = 65_536;
+
 /// `GET /v1/ha`.
 #[derive(Debug, Clone, Serialize)]
 pub struct HaStatus {
@@ -79,6 +86,13 @@ pub struct HaStatus {
     /// connection, or the link gone before the takeover): IKE SAs the old active ran on alone may
     /// have moved on (docs/ha.md, "Known faults").
     pub stale_takeovers: u64,
+    /// IKE SAs whose Message IDs a stale takeover set out to synchronise with the peer (RFC 6311;
+    /// only peers that announced support). The engine's `mid_syncs_done` counts the answers.
+    pub mid_syncs: u64,
+    /// Takeovers put off because the other node was active and this node's mirror incomplete
+    /// (see `Ha::take_over`), and whether one is waiting now.
+    pub takeovers_deferred: u64,
+    pub takeover_waiting: bool,
     /// Planned switchovers: handed over by this node, taken over by this node.
     pub switchovers_out: u64,
     pub switchovers_in: u64,
@@ -105,6 +119,12 @@ pub struct Ha {
     link_up: bool,
     /// The other node's last Hello said it is a standby (a node that may be bulk-synced).
     peer_standby: bool,
+    /// The other node's last Hello said it is active.
+    peer_active: bool,
+    /// Told to take over (keepalived's MASTER) while the other node is active on a live link and
+    /// this node's mirror is incomplete: since when. See `take_over`.
+    deferred_takeover: Option<Instant>,
+    takeovers_deferred: u64,
     /// Standby: the latest ack not yet taken by the link (acks are cumulative: one is enough).
     pending_ack: Option<u64>,
     generation: u64,
@@ -115,6 +135,7 @@ pub struct Ha {
     last_takeover: Option<Takeover>,
     split_brain: u64,
     stale_takeovers: u64,
+    mid_syncs: u64,
     switchovers_out: u64,
     switchovers_in: u64,
     /// The planned switchover this node started: when, the Handover's sync sequence number, and
@@ -158,6 +179,9 @@ impl Ha {
             rx: Some(rx),
             link_up: false,
             peer_standby: false,
+            peer_active: false,
+            deferred_takeover: None,
+            takeovers_deferred: 0,
             pending_ack: None,
             generation: 0,
             digest: *config.cluster_digest().public(),
@@ -167,6 +191,7 @@ impl Ha {
             last_takeover: None,
             split_brain: 0,
             stale_takeovers: 0,
+            mid_syncs: 0,
             switchovers_out: 0,
             switchovers_in: 0,
             handover: None,
@@ -396,7 +421,9 @@ impl Ha {
                 self.link_up = false;
                 self.pending_ack = None;
                 self.peer_standby = false;
+                self.peer_active = false;
                 warn!(target: "ha", generation, ?reason, "sync link down");
+                self.take_over_if_deferred(now, endpoint, "the sync link is down");
                 if self.active_role {
                     let was = self.active.state();
                     out = self.active.link_down();
@@ -412,6 +439,10 @@ impl Ha {
                         warn!(target: "ha", peer = node_id, "the other node's configuration differs from ours (digest mismatch)");
                     }
                     self.peer_standby = role == Role::Standby;
+                    self.peer_active = role == Role::Active;
+                    if !self.peer_active {
+                        self.take_over_if_deferred(now, endpoint, "the other node is not active any more");
+                    }
                     match (role, self.active_role) {
                         (Role::Active, true) => {
                             self.split_brain += 1;
@@ -441,6 +472,9 @@ impl Ha {
                             // Sent by `send_queued`, right after this event, or on a later tick
                             // when the link's queue is full.
                             self.pending_ack = Some(seq);
+                        }
+                        if self.standby.in_sync() {
+                            self.take_over_if_deferred(now, endpoint, "the mirror is complete");
                         }
                         if self.standby.take_handover() {
                             if let Some(t) = self.take_over_as(now, endpoint, true) {
@@ -518,8 +552,35 @@ impl Ha {
 
     /// Become active: the engine runs every mirrored SA; the dataplane installs them resumed above
     /// every number the old active could have sealed.
+    ///
+    /// Deferred while the other node says it is active on a live sync link and this node's mirror
+    /// is not complete (no bulk transfer finished yet): keepalived on a node that just started
+    /// can report MASTER for a few tens of ms before the other node's adverts reach it (B3 in
+    /// docs/ha.md). Taking over then would serve from a partial mirror beside a healthy active.
+    /// The takeover happens as soon as the mirror is complete, the link drops or the other node
+    /// stops being active; `step_down` (BACKUP) cancels it.
     pub fn take_over(&mut self, now: Instant, endpoint: &mut Endpoint) -> Option<Takeover> {
+        let joining = self.link_up && self.peer_active && !self.standby.in_sync();
+        if !self.active_role && self.handover.is_none() && joining {
+            if self.deferred_takeover.is_none() {
+                self.takeovers_deferred += 1;
+                warn!(target: "ha", "told to take over while the other node is active and this node's mirror is \
+                      incomplete: waiting for the bulk transfer, the link to drop, or the other node to step down");
+            }
+            self.deferred_takeover.get_or_insert(now);
+            return None;
+        }
+        self.deferred_takeover = None;
         self.take_over_as(now, endpoint, false)
+    }
+
+    /// Run a deferred takeover now (`why` it may go ahead).
+    fn take_over_if_deferred(&mut self, now: Instant, endpoint: &mut Endpoint, why: &str) {
+        let Some(since) = self.deferred_takeover.take() else { return };
+        let waited = now.saturating_duration_since(since).as_millis() as u64;
+        if let Some(t) = self.take_over_as(now, endpoint, false) {
+            info!(target: "ha", ?t, waited_ms = waited, "deferred takeover: {why}");
+        }
     }
 
     /// `planned`: a switchover, whose replay windows are exact (no advance).
@@ -527,7 +588,8 @@ impl Ha {
         if self.active_role || self.handover.is_some() {
             return None;
         }
-        if !self.standby.in_sync() || !self.link_up {
+        let stale = !self.standby.in_sync() || !self.link_up;
+        if stale {
             // Taken over anyway: the active may simply have died (its death is what took the link
             // down), and nothing better than this mirror exists. But an active that ran alone after
             // the link went (a partition, or an ack timeout) may have moved IKE SAs on.
@@ -556,6 +618,11 @@ impl Ha {
             );
         }
         let t = endpoint.take_over(now);
+        if stale && !planned {
+            // The old active may have run exchanges this mirror never saw: learn the peers'
+            // Message IDs (RFC 6311) instead of talking past them (model finding F3).
+            self.mid_syncs += endpoint.sync_message_ids(now, MID_SYNC_MARGIN) as u64;
+        }
         self.active_role = true;
         // `peer_standby` stays as the other node last said: a node that said "standby" (a pair
         // coming up) gets its bulk at the next tick; an old active said "active" and gets none
@@ -574,6 +641,9 @@ impl Ha {
     /// Become standby again (keepalived says BACKUP while this node is active): drop every SA
     /// without Deletes, and ask the active node for its state.
     pub fn step_down(&mut self, endpoint: &mut Endpoint) -> bool {
+        if self.deferred_takeover.take().is_some() {
+            info!(target: "ha", "deferred takeover cancelled: staying standby");
+        }
         if !self.active_role && self.handover.is_none() {
             return false;
         }
@@ -620,6 +690,9 @@ impl Ha {
             last_takeover: self.last_takeover.clone(),
             split_brain: self.split_brain,
             stale_takeovers: self.stale_takeovers,
+            mid_syncs: self.mid_syncs,
+            takeovers_deferred: self.takeovers_deferred,
+            takeover_waiting: self.deferred_takeover.is_some(),
             switchovers_out: self.switchovers_out,
             switchovers_in: self.switchovers_in,
             handing_over: self.handover.is_some(),

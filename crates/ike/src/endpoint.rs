@@ -51,6 +51,15 @@ pub struct Stats {
     pub standby_dropped: u64,
     /// Mirrored CHILD SAs whose configuration reqid differs on this node (see `Reqids::pin`).
     pub reqid_conflicts: u64,
+    /// RFC 6311 Message ID syncs this node started (takeovers from a stale mirror).
+    pub mid_syncs_sent: u64,
+    /// Of those, answered by the peer with counters now in use.
+    pub mid_syncs_done: u64,
+    /// Message ID syncs a peer asked of this node, answered.
+    pub mid_syncs_answered: u64,
+    /// Message ID syncs refused or ignored: a wrong nonce, a malformed notify, a replayed or
+    /// backwards request.
+    pub mid_syncs_rejected: u64,
 }
 
 /// A received message of an existing IKE SA, with its payloads when already decrypted (fragments).
@@ -267,6 +276,11 @@ impl Endpoint {
             }
             if expected && (fragment.is_none() || opened.is_some()) && sa.rel.accept_response(h.message_id) {
                 sa.last_received = Some(now);
+                // An inherited request answered: the peer expects exactly our next ID, so the
+                // sync owed needs no margin.
+                if sa.mid_sync_due.is_some() {
+                    sa.mid_sync_due = Some(0);
+                }
                 if let Some(d) = sa.rel.take_crossed_response(now, h.message_id) {
                     self.stats.crossed_responses_resent += 1;
                     debug!(target: "ike", mid = h.message_id, "Message IDs crossed: sending our response again");
@@ -275,8 +289,23 @@ impl Endpoint {
                 self.handle_response(now, &mut sa, Incoming { local, remote, raw: data, msg, opened });
             }
         } else {
+            // RFC 6311: a Message ID sync from a clustered peer uses ID 0 whatever we expect.
+            let maybe_sync = h.message_id == 0
+                && h.exchange == ExchangeType::INFORMATIONAL
+                && fragment.is_none()
+                && sa.peer_mid_sync
+                && sa.state == SaState::Established;
+            let pre = if maybe_sync { self.open(&sa, data, &msg) } else { None };
+            if pre.as_deref().is_some_and(crate::mid_sync::is_sync_request) {
+                let payloads = pre.unwrap_or_default();
+                self.note_peer_address(&mut sa, local, remote);
+                self.answer_mid_sync(now, &mut sa, &payloads);
+                self.finish(now, sa);
+                return;
+            }
             match sa.rel.check_request(h.message_id) {
                 RequestCheck::Process => {
+                    opened = pre;
                     if fragment.is_some() {
                         opened = self.reassemble(&mut sa, data, &msg);
                     }
@@ -349,6 +378,7 @@ impl Endpoint {
                 }
             }
             crate::sa::Request::DeleteIke => sa.state = SaState::Deleting,
+            crate::sa::Request::MidSync(nonce) => self.mid_sync_response(sa, &payloads, nonce),
             crate::sa::Request::Liveness | crate::sa::Request::Notify | crate::sa::Request::Abandoned => {}
             crate::sa::Request::SaInit => {}
         }
@@ -480,6 +510,9 @@ impl Endpoint {
             };
             self.drop_sa(&mut sa, reason);
             return;
+        }
+        if sa.state == SaState::Established && sa.rel.can_send() && sa.mid_sync_due.is_some() {
+            self.start_mid_sync(now, &mut sa);
         }
         if sa.state == SaState::Established && sa.rel.can_send() {
             if let Some(i) = sa.queue.iter().position(|q| !sa.waits_for_ike_rekey(q)) {
@@ -631,6 +664,10 @@ impl Endpoint {
             if let Some(d) = sa.rel.due_echo(now) {
                 self.stats.crossed_responses_resent += 1;
                 self.send_datagrams(sa.local, sa.remote, d);
+            }
+            if self.give_up_stale_request(now, &mut sa) {
+                self.finish(now, sa);
+                continue;
             }
             match sa.rel.tick(now, &self.config.retransmit) {
                 Tick::Retransmit(d) => {

@@ -703,6 +703,10 @@ impl Endpoint {
         new.vpn = old.vpn.clone();
         new.nat_local = old.nat_local;
         new.nat_remote = old.nat_remote;
+        // What the peer announced about the IKE SA holds for its successors (strongSwan keeps its
+        // extensions across a rekey): fragmentation (RFC 7383) and Message ID sync (RFC 6311).
+        new.frag_supported = old.frag_supported;
+        new.peer_mid_sync = old.peer_mid_sync;
         new.suite = Some(sel);
         new.keys = Some(keys);
         new.ni = ni.to_vec();

@@ -17,6 +17,7 @@ mod ex_child;
 mod ex_info;
 mod ex_init;
 mod ident;
+mod mid_sync;
 pub mod observer;
 mod peers;
 pub mod proposal;

@@ -105,6 +105,25 @@ impl Reliability {
         id
     }
 
+    /// Record a request sent with a fixed Message ID that is not part of the numbering (RFC 6311
+    /// Message ID sync uses 0): it holds the window like any request, but the next request ID
+    /// does not move.
+    pub fn send_out_of_sequence(
+        &mut self,
+        now: Instant,
+        message_id: u32,
+        datagrams: Vec<Vec<u8>>,
+        cfg: &RetransmitConfig,
+    ) {
+        self.outstanding = Some(Outstanding {
+            message_id,
+            datagrams,
+            tries: 0,
+            deadline: Some(now + cfg.timeout),
+            early: false,
+        });
+    }
+
     /// Replace the bytes of the outstanding request (IKE_SA_INIT retried with a cookie or new KE keeps
     /// Message ID 0).
     pub fn resend_as(&mut self, now: Instant, datagrams: Vec<Vec<u8>>, cfg: &RetransmitConfig) {

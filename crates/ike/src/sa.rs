@@ -121,6 +121,9 @@ pub enum Request {
     DeleteIke,
     Liveness,
     Notify,
+    /// RFC 6311 Message ID sync (sent with Message ID 0, outside the window's numbering), with
+    /// the nonce its response must echo.
+    MidSync(u32),
     /// A request whose work moved to another IKE SA (a simultaneous IKE rekey): it keeps the
     /// window until answered or given up, so that no later Message ID overtakes it, and its
     /// response is ignored.
@@ -226,6 +229,15 @@ pub struct IkeSa {
     /// Both sides announced IKEV2_FRAGMENTATION_SUPPORTED (RFC 7383).
     #[serde(default)]
     pub frag_supported: bool,
+    /// The peer announced IKEV2_MESSAGE_ID_SYNC_SUPPORTED in IKE_AUTH (RFC 6311): it answers a
+    /// Message ID sync, so a node taking over from a stale mirror can learn the real counters.
+    #[serde(default)]
+    pub peer_mid_sync: bool,
+    /// An RFC 6311 Message ID sync is owed (a takeover from a stale mirror), with the margin to
+    /// push our next Message ID by. It goes once the window is free; an inherited request still
+    /// outstanding gets one retransmission period first (see `mid_sync`).
+    #[serde(default)]
+    pub mid_sync_due: Option<u32>,
     #[serde(skip)]
     pub reassembly: tandem_wire::fragment::FragmentReassembler,
     #[serde(default)]
@@ -299,6 +311,8 @@ impl IkeSa {
             rekeyed_by_peer: None,
             replaces_ike: None,
             frag_supported: false,
+            peer_mid_sync: false,
+            mid_sync_due: None,
             reassembly: Default::default(),
             ke: None,
             created: Some(now),

@@ -110,6 +110,17 @@ pub struct Sim {
     /// them. Only the engine's state is synced so far, not the SAD's (issue 10: SAD-only state),
     /// so the new active lacks them: pings in flight on them are counted here, not as violations.
     pub unsynced_linger: std::collections::BTreeSet<u32>,
+    /// The sync link is down: what the active's observer reports is lost (a stale mirror).
+    pub mirror_paused: bool,
+    /// At the takeover, synchronise Message IDs (RFC 6311) with this margin.
+    pub mid_sync_margin: Option<u32>,
+    /// IKE SAs (by SPIs and direction) whose next request may skip Message IDs: a Message ID
+    /// sync moved the counter on.
+    mid_synced: std::collections::BTreeSet<(u64, u64, bool)>,
+    /// New requests seen on the wire (retransmissions not counted), by exchange type.
+    pub requests_by_exchange: std::collections::BTreeMap<String, u64>,
+    /// The last Message ID sync request on the wire, as (sender, datagram), to replay.
+    pub last_mid_sync: Option<(usize, Vec<u8>)>,
     pub pings_lost_to_linger: u64,
 }
 
@@ -159,6 +170,11 @@ impl Sim {
             inits_after_kill: 0,
             handshake_at_kill: false,
             unsynced_linger: Default::default(),
+            mirror_paused: false,
+            mid_sync_margin: None,
+            mid_synced: Default::default(),
+            requests_by_exchange: Default::default(),
+            last_mid_sync: None,
             pings_lost_to_linger: 0,
         }
     }
@@ -175,6 +191,12 @@ impl Sim {
     fn apply_sync(&mut self, i: usize) {
         let Some((q, to)) = self.nodes[i].sync.clone() else { return };
         let msgs: Vec<SyncMsg> = q.lock().unwrap().drain(..).collect();
+        if self.mirror_paused {
+            if !msgs.is_empty() {
+                self.log(format!("{to} loses {} sync messages (link down)", msgs.len()));
+            }
+            return;
+        }
         let at = self.at();
         for m in msgs {
             match m {
@@ -228,6 +250,10 @@ impl Sim {
             let at = self.at();
             let t = self.nodes[to].ep.take_over(at);
             self.log(format!("{to} takes over: {t:?}"));
+            if let Some(margin) = self.mid_sync_margin {
+                let n = self.nodes[to].ep.sync_message_ids(at, margin);
+                self.log(format!("{to} synchronises Message IDs on {n} IKE SAs"));
+            }
             self.takeover = Some(t);
             self.drain();
             // Pairs the old active's dataplane still accepted that the new one did not install:
@@ -322,6 +348,12 @@ impl Sim {
             self.answered.insert(key, ());
             return;
         }
+        if h.message_id == 0 && h.exchange == tandem_wire::ExchangeType::INFORMATIONAL {
+            // RFC 6311 Message ID sync: outside the numbering; the next request may jump.
+            self.mid_synced.insert((key.0, key.1, key.2));
+            self.last_mid_sync = Some((from, data.to_vec()));
+            return;
+        }
         match self.requests.get(&key) {
             Some(b) if b.as_slice() != data => {
                 // A fragmented request has several datagrams per ID: compare only whole messages.
@@ -335,7 +367,12 @@ impl Sim {
             }
             Some(_) => {}
             None => {
-                if h.message_id > 0 && !self.answered.contains_key(&(key.0, key.1, key.2, h.message_id - 1)) {
+                *self.requests_by_exchange.entry(format!("{:?}", h.exchange)).or_default() += 1;
+                let jumped = self.mid_synced.remove(&(key.0, key.1, key.2));
+                if h.message_id > 0
+                    && !jumped
+                    && !self.answered.contains_key(&(key.0, key.1, key.2, h.message_id - 1))
+                {
                     self.violate(format!(
                         "node {from} sent request {} on {:016x} before {} was answered",
                         h.message_id,

@@ -27,7 +27,7 @@ pub struct Scenario {
     pub manual: Vec<(Duration, usize, bool)>,
 }
 
-pub fn ms(v: u64) -> Duration {
+pub const fn ms(v: u64) -> Duration {
     Duration::from_millis(v)
 }
 
