@@ -10,7 +10,7 @@
 //! X[Y], responding Z[W]"), and the IKE SA carries on.
 //!
 //! `stale_takeover_syncs_message_ids`, one cluster (node 1 active with the VIP, node 2 standby,
-//! static roles), charon initiating the tunnel to the VIP:
+//! static roles), charon initiating the tunnel to the VIP, IKE with AES-CBC and HMAC-SHA256:
 //! 1. the sync link cut at node 2 (nftables) until node 1 goes solo;
 //! 2. solo, a 20 ms ping through the tunnel: charon's DPD stays quiet (inbound ESP counts as
 //!    liveness for it) and node 1's DPD (`dpd-delay = 2s`, IKE only) checks charon, at least
@@ -22,10 +22,16 @@
 //!    the sync sent and done; charon's IKE and CHILD SPIs unchanged and no IKE_SA_INIT; a ping
 //!    passes through node 2; a CHILD rekey by charon and one by node 2 complete; then DPD
 //!    exchanges of both sides (tunnel idle, then under a ping) complete, the IKE SA is still the
-//!    same at both ends, and charon's log after the sync has no ignored Message ID, no
-//!    retransmission given up, no IKE_SA_INIT and no IKE SA Delete.
+//!    same at both ends, every request after the sync is numbered from where charon's sync line
+//!    put it (node 2's from Z on, charon's from X on), and charon's log after the sync has no
+//!    ignored Message ID, no retransmission given up, no IKE_SA_INIT and no IKE SA Delete.
 //!
-//! FAILS until RFC 6311 is built (F3): charon never logs the MID sync.
+//! Before RFC 6311 was built this failed as F3 predicts: node 2's DPD drew "received message ID
+//! 0, expected 3, ignored" from charon, charon's DPD (Message ID 5) went unanswered until "giving
+//! up after 3 retransmits", 24 s after the takeover, and charon destroyed the IKE SA.
+//!
+//! `stale_takeover_syncs_message_ids_aead` (ignored: a limitation of strongSwan 5.9.8, see there)
+//! is the same with AES-GCM for IKE: charon accepts the sync but cannot encrypt its answer.
 
 use std::time::{Duration, Instant};
 use tandem_testbed::charon::Charon;
@@ -38,7 +44,11 @@ use tandem_testbed::probe::ping_until_reply;
 use tandem_testbed::tandemd::Tandemd;
 use tandem_testbed::{tools_present, wait_until};
 
-const IKE: &str = "aes256gcm16-prfsha256-x25519";
+/// AES-CBC with HMAC: charon draws the IV of each message at random.
+const IKE_CBC: &str = "aes256-sha256-x25519";
+/// AES-GCM: charon derives each IV from the Message ID and refuses one it used before (see
+/// `stale_takeover_syncs_message_ids_aead`).
+const IKE_AEAD: &str = "aes256gcm16-prfsha256-x25519";
 const ESP: &str = "aes256gcm16";
 const WAIT: Duration = Duration::from_secs(20);
 const POLL: Duration = Duration::from_millis(20);
@@ -56,9 +66,26 @@ const SOLO_EXCHANGES: usize = 3;
 /// charon gives a request up after 3 retransmissions, 2 + 3.6 + 6.5 + 11.7 s.
 const SETTLE: Duration = Duration::from_secs(40);
 /// What charon's log shows when the Message IDs of an IKE SA went wrong, or when it was lost.
-const CHARON_BAD: [&str; 5] =
-    ["received message ID", "giving up after", "IKE_SA_INIT", "DELETE for IKE_SA", "deleting IKE_SA"];
+const CHARON_BAD: [&str; 7] = [
+    "received message ID",
+    "giving up after",
+    "IKE_SA_INIT",
+    "DELETE for IKE_SA",
+    "deleting IKE_SA",
+    "ESTABLISHED => DESTROYING",
+    "encrypting encrypted payload failed",
+];
+/// Of those, what ends the IKE SA at charon (the wait for the sync stops there).
+const CHARON_FATAL: [&str; 5] = [
+    "giving up after",
+    "IKE_SA_INIT",
+    "deleting IKE_SA",
+    "ESTABLISHED => DESTROYING",
+    "encrypting encrypted payload failed",
+];
 const MID_SYNC: &str = "responder requested MID sync";
+/// charon's answer to the sync (it may still fail to encrypt it: CHARON_FATAL).
+const SYNC_ANSWERED: &str = "generating INFORMATIONAL response 0 [ N(MSG_ID_SYN) ]";
 
 struct Rig {
     cl: Cluster,
@@ -125,17 +152,17 @@ impl Rig {
 /// Both nodes up (node 1 active with the VIP, node 2 standby) and in sync, charon's tunnel
 /// initiated by charon, settled on node 1 and mirrored on node 2, a ping through it. None when a
 /// tool is missing (a skip; CI=true: a failure).
-fn rig() -> Option<Rig> {
+fn rig(ike: &str) -> Option<Rig> {
     if !tools_present(&["nft", "ping"]) {
         return None;
     }
     let mut cl = Cluster::new();
     cl.move_vip(None, 0);
-    let mut conf = cluster_conf(IKE, ESP);
+    let mut conf = cluster_conf(ike, ESP);
     conf.dataplane_extra = "rekey-linger = \"1s\"".into();
     conf.ike_extra = format!("dpd-delay = \"{}s\"", TANDEM_DPD.as_secs());
     let [t1, t2] = cl.start_nodes(&conf, ["active", "standby"], "");
-    let mut pc = peer_conf(IKE, ESP);
+    let mut pc = peer_conf(ike, ESP);
     pc.dpd_delay = format!("{}s", CHARON_DPD.as_secs());
     let c = Charon::start_with(&mut cl.peer, &pc.swanctl_conf(), CHARON_CONF, 2);
     let mut r = Rig {
@@ -184,6 +211,21 @@ fn dpd_exchanges(log: &str) -> (Vec<u32>, Vec<u32>) {
     )
 }
 
+/// Message IDs of charon's log lines `{verb} {exchange} {kind} N [`, in log order.
+fn mids(log: &str, verb: &str, exchange: &str, kind: &str) -> Vec<u32> {
+    let pat = format!("{verb} {exchange} {kind} ");
+    log.lines().filter_map(|l| l.split(&pat).nth(1)?.split_whitespace().next()?.parse().ok()).collect()
+}
+
+/// charon's "responder requested MID sync: initiating X[Y], responding Z[W]": (X, Z), the
+/// Message IDs it now initiates with and expects from the cluster.
+fn parse_sync(line: &str) -> Option<(u32, u32)> {
+    let rest = line.split("initiating ").nth(1)?;
+    let init = rest.split('[').next()?.parse().ok()?;
+    let resp = rest.split("responding ").nth(1)?.split('[').next()?.parse().ok()?;
+    Some((init, resp))
+}
+
 fn lines_with<'a>(log: &'a str, pats: &[&str]) -> Vec<&'a str> {
     log.lines().filter(|l| pats.iter().any(|p| l.contains(p))).collect()
 }
@@ -198,8 +240,25 @@ fn ms(d: Duration) -> String {
 
 #[test]
 fn stale_takeover_syncs_message_ids() {
+    stale_takeover(IKE_CBC);
+}
+
+/// The same with AES-GCM for IKE. strongSwan 5.9.8 cannot answer the sync here: its AEAD IV
+/// generator (`iv_gen_seq`) takes the Message ID as the IV's counter and refuses any counter at
+/// or below the last one it used in each of its two spaces, and the sync's answer is Message ID 0,
+/// which charon has used once its first answer to a request of tandem's (a DPD) fell in the upper
+/// space. charon logs "encrypting encrypted payload failed, no IV or padding" and destroys the IKE
+/// SA at once. Ignored: it fails whatever tandem does (run it with `--ignored`).
+#[test]
+#[ignore = "strongSwan 5.9.8 cannot encrypt the Message ID 0 answer of an RFC 6311 sync with AES-GCM once it answered a request of the cluster's"]
+fn stale_takeover_syncs_message_ids_aead() {
+    stale_takeover(IKE_AEAD);
+}
+
+fn stale_takeover(ike: &str) {
     let t_test = Instant::now();
-    let Some(mut r) = rig() else { return };
+    let Some(mut r) = rig(ike) else { return };
+    eprintln!("IKE proposal {ike}");
 
     // 1. Cut the sync link at node 2 until node 1 goes solo, under a ping (ESP: charon's DPD
     //    stays quiet, and node 1 has replay windows to sync).
@@ -301,8 +360,7 @@ fn stale_takeover_syncs_message_ids() {
     let mut since = String::new();
     wait_until(SETTLE, POLL, || {
         since = r.charon_since(log_kill);
-        since.contains(MID_SYNC)
-            || !lines_with(&since, &["giving up after", "IKE_SA_INIT", "deleting IKE_SA"]).is_empty()
+        since.contains(SYNC_ANSWERED) || !lines_with(&since, &CHARON_FATAL).is_empty()
     });
     let notable: Vec<&str> = lines_with(
         &since,
@@ -315,6 +373,8 @@ fn stale_takeover_syncs_message_ids() {
             "IKE_SA_INIT",
             "DELETE",
             "deleting",
+            "DESTROYING",
+            "failed",
         ],
     );
     eprintln!("after the takeover ({} on), charon's lines of note:", ms(t_kill.elapsed()));
@@ -332,11 +392,22 @@ fn stale_takeover_syncs_message_ids() {
     };
     let sync_line = since[sync_at..].lines().next().unwrap_or("");
     eprintln!("MID sync {} after the takeover: {sync_line}", ms(t_taken.elapsed()));
+    let (init_mid, resp_mid) = parse_sync(sync_line)
+        .unwrap_or_else(|| panic!("charon's MID sync line does not parse: {sync_line:?}"));
+    let fatal = lines_with(&since[sync_at..], &CHARON_FATAL);
+    assert!(
+        fatal.is_empty(),
+        "charon accepted the MID sync but lost the IKE SA answering it: {fatal:#?}\n\
+         (charon's lines of note since the kill: {notable:#?})\n{}",
+        r.logs()
+    );
     let sync_done = wait_until(WAIT, POLL, || engine_stat(r.node(1), "mid_syncs_done") >= 1);
     let engine = r.node(1).status()["engine"].clone();
     eprintln!("node 2's engine stats: {engine}");
     assert!(engine["mid_syncs_sent"].as_u64() >= Some(1), "node 2 counts no MID sync sent: {engine}");
     assert!(sync_done, "node 2 counts no MID sync done: {engine}");
+    let st = ha_status(r.node(1));
+    assert_eq!(st["mid_syncs"], 1, "node 2's HA status counts no IKE SA set out to sync: {st}");
     // Before the sync, only a request of node 2's that charon ignored (a resend of the mirror's
     // outstanding request) is tolerated: nothing renegotiated, given up or deleted.
     let before_sync = lines_with(&since[..sync_at], &CHARON_BAD);
@@ -391,6 +462,28 @@ fn stale_takeover_syncs_message_ids() {
     let after_sync = r.charon_since(log_sync);
     let bad = lines_with(&after_sync, &CHARON_BAD);
     assert!(bad.is_empty(), "charon after the MID sync: {bad:#?}\n{}", r.logs());
+    // Every request after the sync numbered from where it put each side: node 2's from charon's
+    // new expected ID on, charon's from its own next ID on.
+    let from_node2: Vec<u32> = ["CREATE_CHILD_SA", "INFORMATIONAL"]
+        .iter()
+        .flat_map(|x| mids(&after_sync, "parsed", x, "request"))
+        .filter(|&m| m != 0)
+        .collect();
+    let from_charon: Vec<u32> = ["CREATE_CHILD_SA", "INFORMATIONAL"]
+        .iter()
+        .flat_map(|x| mids(&after_sync, "generating", x, "request"))
+        .collect();
+    eprintln!(
+        "requests after the sync (charon: initiating {init_mid}, responding {resp_mid}): node 2's {from_node2:?}, charon's {from_charon:?}"
+    );
+    assert!(
+        !from_node2.is_empty() && from_node2.iter().all(|&m| m >= resp_mid),
+        "node 2's requests after the sync {from_node2:?} are not numbered from {resp_mid}"
+    );
+    assert!(
+        !from_charon.is_empty() && from_charon.iter().all(|&m| m >= init_mid),
+        "charon's requests after the sync {from_charon:?} are not numbered from {init_mid}"
+    );
     let bad_mid = engine_stat(r.node(1), "bad_message_id");
     eprintln!(
         "node 2's bad_message_id {bad_mid0} -> {bad_mid}; charon's retransmissions after the sync: {:#?}",
