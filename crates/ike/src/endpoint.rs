@@ -7,7 +7,7 @@ use crate::config::{DeadPeerAction, EndpointConfig, PeerConfig, PreSharedKey, St
 use crate::observer::SaObserver;
 use crate::peers::Peers;
 use crate::reliability::{RequestCheck, Tick};
-use crate::sa::{IkeSa, Queued, SaState};
+use crate::sa::{IkeSa, Queued, Request, SaState};
 use crate::spi::SpiAllocator;
 use crate::table::SaTable;
 use crate::tombstones::Tombstones;
@@ -272,7 +272,12 @@ impl Endpoint {
         };
         let mut opened = None;
         if h.is_response() {
-            let expected = sa.rel.outstanding.as_ref().is_some_and(|o| o.message_id == h.message_id);
+            // An IKE_SA_INIT response (unencrypted: anyone can replay one) answers only our
+            // IKE_SA_INIT, not another request with Message ID 0 (an RFC 6311 sync).
+            let init_ok =
+                h.exchange != ExchangeType::IKE_SA_INIT || matches!(sa.request, Some(Request::SaInit));
+            let expected =
+                init_ok && sa.rel.outstanding.as_ref().is_some_and(|o| o.message_id == h.message_id);
             if !expected {
                 self.stats.bad_message_id += 1;
             } else if fragment.is_some() {
