@@ -299,6 +299,11 @@ impl EngineTask {
                 }
                 Event::IkeSaDown { vpn, reason, .. } => info!(target: "ike", vpn, ?reason, "IKE SA down"),
                 Event::Failure { vpn, message } => warn!(target: "ike", vpn = ?vpn, "{message}"),
+                Event::OutboundSeqAdvance { spi_in, spi_out, delta, .. } => {
+                    let next = self.esp.as_ref().and_then(|e| e.handle().skip_seq(spi_in, delta));
+                    info!(target: "esp", spi_out = format_args!("{spi_out:#010x}"), delta, ?next,
+                          "outbound sequence numbers moved on for the peer's replay counter sync");
+                }
             }
         }
         let now = Instant::now();

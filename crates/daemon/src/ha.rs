@@ -59,6 +59,14 @@ impl SaObserver for Queue {
 /// again at 0).
 pub const MID_SYNC_MARGIN: u32 = 65_536;
 
+/// How far a takeover from a stale mirror jumps the inbound replay window of a CHILD SA whose peer
+/// does RFC 6311 replay counter sync, and asks the peer to move its outbound numbers. It should
+/// exceed what the old active may have received since the last window it synced: 2^24 is 28 s of
+/// the fastest single SA measured here (590k packets/s), and 1/256 of a 32-bit space. A hot
+/// takeover keeps the estimated `replay-advance`: its windows are current, and a jump would drop
+/// the packets already in flight.
+pub const REPLAY_SYNC_DELTA: u64 = 1 << 24;
+
 /// `GET /v1/ha`.
 #[derive(Debug, Clone, Serialize)]
 pub struct HaStatus {
@@ -600,6 +608,11 @@ impl Ha {
         // Requests the old active had outstanding: it may have completed them and sealed on the
         // CHILD SAs they made (model finding F1).
         self.shared.inherited(endpoint.outstanding_requests());
+        // From a stale mirror the windows may be far behind (the old active received alone):
+        // peers that do RFC 6311 replay counter sync move their outbound numbers past a jump of
+        // the window that covers it all. Otherwise, and for the other peers, the estimated advance.
+        let replay_synced =
+            if stale && !planned { endpoint.replay_sync_children() } else { Default::default() };
         let fixed = match self.settings.replay_advance {
             _ if planned => Some(0),
             ReplayAdvance::Auto => None,
@@ -613,15 +626,21 @@ impl Ha {
                     next_seq: self.standby.resume_seq(c.spi_in),
                     ceiling: None,
                     replay: w.map(|w| ReplayState { window: w.window, top: w.top, bitmap: w.bitmap.clone() }),
-                    replay_advance: w.map_or(0, |w| w.advance(now, fixed)),
+                    replay_advance: if replay_synced.contains(&c.spi_in) {
+                        REPLAY_SYNC_DELTA
+                    } else {
+                        w.map_or(0, |w| w.advance(now, fixed))
+                    },
                 },
             );
         }
         let t = endpoint.take_over(now);
         if stale && !planned {
             // The old active may have run exchanges this mirror never saw: learn the peers'
-            // Message IDs (RFC 6311) instead of talking past them (model finding F3).
-            self.mid_syncs += endpoint.sync_message_ids(now, MID_SYNC_MARGIN) as u64;
+            // Message IDs instead of talking past them (model finding F3), and move the replay
+            // windows past whatever it received alone.
+            let n = endpoint.sync_after_takeover(now, Some(MID_SYNC_MARGIN), Some(REPLAY_SYNC_DELTA));
+            self.mid_syncs += n as u64;
         }
         self.active_role = true;
         // `peer_standby` stays as the other node last said: a node that said "standby" (a pair

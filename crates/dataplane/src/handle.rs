@@ -236,6 +236,12 @@ impl DataplaneHandle {
         self.shared.sad.set_ceiling(spi_in, ceiling)
     }
 
+    /// RFC 6311 replay counter sync from a clustered peer: the outbound SA of the CHILD SA with
+    /// inbound SPI `spi_in` skips `delta` sequence numbers. Returns the next one it will use.
+    pub fn skip_seq(&self, spi_in: u32, delta: u64) -> Option<u64> {
+        self.shared.sad.skip_seq(spi_in, delta)
+    }
+
     /// HA planned switchover: stop sealing on the SA and return the highest sequence number
     /// that was or may still be sealed; the new active resumes above it.
     pub fn freeze_seq(&self, spi_in: u32) -> Option<u64> {

@@ -656,6 +656,16 @@ impl Sad {
         outbound.map(|o| o.seq().set_ceiling(ceiling)).is_some()
     }
 
+    /// RFC 6311 replay counter sync: the outbound SA of the pair `spi_in` continues `delta`
+    /// numbers further on (never backwards). Returns the next sequence number, `None` if there is
+    /// no such pair.
+    pub fn skip_seq(&self, spi_in: u32, delta: u64) -> Option<u64> {
+        let outbound = relock(&self.control).pairs.get(&spi_in).map(|e| e.outbound.clone())?;
+        let next = outbound.next_seq().saturating_add(delta);
+        outbound.set_next_seq(next);
+        Some(next)
+    }
+
     /// HA planned switchover: stops sealing on the pair `spi_in` and returns the highest
     /// sequence number that was or may still be sealed (see `SeqCounter::freeze`).
     pub fn freeze_seq(&self, spi_in: u32) -> Option<u64> {

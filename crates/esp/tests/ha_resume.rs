@@ -167,6 +167,44 @@ fn install_with_a_replay_resume_rejects_a_replayed_packet_at_once() {
     assert_eq!(open(&standby, &mut packets[8].clone()).unwrap().seq, 9);
 }
 
+/// RFC 6311 replay counter sync: the new active jumps its window by `delta` over a stale mirror,
+/// the peer skips as many outbound numbers; everything the old active may have received alone is
+/// refused, and the peer's next packet is accepted.
+#[test]
+fn replay_counter_sync_jump_refuses_the_old_actives_packets_and_accepts_the_peers_next() {
+    let t0 = Instant::now();
+    let sp = spec(EncrAlg::AesGcm16_128, None, false, Mode::Tunnel);
+    let (old, peer) = (sad(t0), sad(t0));
+    old.install_spec(&sp, t0).unwrap();
+    peer.install_spec(&mirror(&sp), t0).unwrap();
+    let packets = from_peer(&peer, 300);
+    for p in &packets[..3] {
+        open(&old, &mut p.clone()).unwrap();
+    }
+    let stale = old.replay_state(SPI_IN).unwrap();
+    // The old active runs on alone and receives 297 more: far beyond any estimate's bound.
+    for p in &packets[3..] {
+        open(&old, &mut p.clone()).unwrap();
+    }
+    let delta = 1 << 24;
+    let new = sad(t0);
+    install_resumed(
+        &new,
+        &sp,
+        Resume { replay: Some(stale), replay_advance: delta, ..Resume::default() },
+        t0,
+    );
+    for p in &packets {
+        let r = open(&new, &mut p.clone());
+        assert!(matches!(r, Err(DropReason::ReplayOld | DropReason::ReplayDuplicate)), "{r:?}");
+    }
+    // The peer's pair is keyed by its inbound SPI, our outbound one.
+    assert_eq!(peer.skip_seq(sp.spi_out, delta), Some(301 + delta));
+    let mut next = seal_one(&peer).unwrap();
+    assert_eq!(open(&new, &mut next).unwrap().seq, 301 + delta);
+    assert_eq!(peer.skip_seq(0xdead, 1), None);
+}
+
 #[test]
 fn sad_replay_import_is_forward_only() {
     let t0 = Instant::now();

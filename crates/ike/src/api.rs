@@ -116,6 +116,10 @@ pub enum Event {
         spi_out: u32,
         reason: DownReason,
     },
+    /// RFC 6311 IPSEC_REPLAY_COUNTER_SYNC from a clustered peer: move this CHILD SA's outbound
+    /// sequence number forward by `delta`, past the jump of the peer's new active node's inbound
+    /// replay window, so that what we send next is not refused as a replay.
+    OutboundSeqAdvance { ike_sa: IkeSaId, spi_in: u32, spi_out: u32, delta: u64 },
     /// A negotiation attempt failed (shown in logs and the API).
     Failure { vpn: Option<String>, message: String },
 }

@@ -7,7 +7,7 @@ use crate::config::{DeadPeerAction, EndpointConfig, PeerConfig, PreSharedKey, St
 use crate::observer::SaObserver;
 use crate::peers::Peers;
 use crate::reliability::{RequestCheck, Tick};
-use crate::sa::{IkeSa, Queued, SaState};
+use crate::sa::{IkeSa, Queued, Request, SaState};
 use crate::spi::SpiAllocator;
 use crate::table::SaTable;
 use crate::tombstones::Tombstones;
@@ -60,6 +60,10 @@ pub struct Stats {
     /// Message ID syncs refused or ignored: a wrong nonce, a malformed notify, a replayed or
     /// backwards request.
     pub mid_syncs_rejected: u64,
+    /// IPSEC_REPLAY_COUNTER_SYNC sent after a takeover, and received from a clustered peer (its
+    /// CHILD SAs' outbound sequence numbers then moved forward).
+    pub replay_syncs_sent: u64,
+    pub replay_syncs_answered: u64,
 }
 
 /// A received message of an existing IKE SA, with its payloads when already decrypted (fragments).
@@ -268,7 +272,12 @@ impl Endpoint {
         };
         let mut opened = None;
         if h.is_response() {
-            let expected = sa.rel.outstanding.as_ref().is_some_and(|o| o.message_id == h.message_id);
+            // An IKE_SA_INIT response (unencrypted: anyone can replay one) answers only our
+            // IKE_SA_INIT, not another request with Message ID 0 (an RFC 6311 sync).
+            let init_ok =
+                h.exchange != ExchangeType::IKE_SA_INIT || matches!(sa.request, Some(Request::SaInit));
+            let expected =
+                init_ok && sa.rel.outstanding.as_ref().is_some_and(|o| o.message_id == h.message_id);
             if !expected {
                 self.stats.bad_message_id += 1;
             } else if fragment.is_some() {
@@ -278,8 +287,8 @@ impl Endpoint {
                 sa.last_received = Some(now);
                 // An inherited request answered: the peer expects exactly our next ID, so the
                 // sync owed needs no margin.
-                if sa.mid_sync_due.is_some() {
-                    sa.mid_sync_due = Some(0);
+                if let Some(due) = sa.sync_due.as_mut() {
+                    due.mid_margin = due.mid_margin.map(|_| 0);
                 }
                 if let Some(d) = sa.rel.take_crossed_response(now, h.message_id) {
                     self.stats.crossed_responses_resent += 1;
@@ -293,7 +302,7 @@ impl Endpoint {
             let maybe_sync = h.message_id == 0
                 && h.exchange == ExchangeType::INFORMATIONAL
                 && fragment.is_none()
-                && sa.peer_mid_sync
+                && (sa.peer_mid_sync || sa.peer_replay_sync)
                 && sa.state == SaState::Established;
             let pre = if maybe_sync { self.open(&sa, data, &msg) } else { None };
             if pre.as_deref().is_some_and(crate::mid_sync::is_sync_request) {
@@ -378,7 +387,7 @@ impl Endpoint {
                 }
             }
             crate::sa::Request::DeleteIke => sa.state = SaState::Deleting,
-            crate::sa::Request::MidSync(nonce) => self.mid_sync_response(sa, &payloads, nonce),
+            crate::sa::Request::TakeoverSync(nonce) => self.takeover_sync_response(sa, &payloads, nonce),
             crate::sa::Request::Liveness | crate::sa::Request::Notify | crate::sa::Request::Abandoned => {}
             crate::sa::Request::SaInit => {}
         }
@@ -511,8 +520,8 @@ impl Endpoint {
             self.drop_sa(&mut sa, reason);
             return;
         }
-        if sa.state == SaState::Established && sa.rel.can_send() && sa.mid_sync_due.is_some() {
-            self.start_mid_sync(now, &mut sa);
+        if sa.state == SaState::Established && sa.rel.can_send() && sa.sync_due.is_some() {
+            self.start_takeover_sync(now, &mut sa);
         }
         if sa.state == SaState::Established && sa.rel.can_send() {
             if let Some(i) = sa.queue.iter().position(|q| !sa.waits_for_ike_rekey(q)) {

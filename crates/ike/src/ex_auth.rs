@@ -69,7 +69,7 @@ impl Endpoint {
         if peer.initial_contact {
             payloads.push(Payload::Notify(Notify::new(NotifyType::INITIAL_CONTACT, vec![])));
         }
-        payloads.push(crate::mid_sync::announcement());
+        payloads.extend(crate::mid_sync::announcements());
         let childless = match peer.childless {
             crate::config::Childless::Allow => false,
             crate::config::Childless::Prefer => sa.peer_childless,
@@ -140,7 +140,7 @@ impl Endpoint {
             return self.fail_sa(sa, "responder AUTH payload does not verify");
         }
         sa.remote_id = Some(remote_id.clone());
-        sa.peer_mid_sync = crate::mid_sync::announced(&payloads);
+        (sa.peer_mid_sync, sa.peer_replay_sync) = crate::mid_sync::announced(&payloads);
         self.establish(now, sa, &peer);
         info!(target: "ike", vpn, remote = %sa.remote, id = %remote_id, "IKE SA established (initiator)");
         // Further CHILD SAs of the vpn (all of them after a childless IKE_AUTH).
@@ -245,14 +245,14 @@ impl Endpoint {
             sa.state = SaState::Deleting;
             return fail(NotifyType::AUTHENTICATION_FAILED);
         }
-        sa.peer_mid_sync = crate::mid_sync::announced(&payloads);
+        (sa.peer_mid_sync, sa.peer_replay_sync) = crate::mid_sync::announced(&payloads);
         self.establish(now, sa, &peer);
         info!(target: "ike", vpn = %peer.name, remote = %sa.remote, id = %remote_id, "IKE SA established (responder)");
         let mut out = vec![
             Payload::IdR(id_payload),
             Payload::Auth { method: AuthMethod::SHARED_KEY_MESSAGE_INTEGRITY_CODE, data: our_auth },
-            crate::mid_sync::announcement(),
         ];
+        out.extend(crate::mid_sync::announcements());
         if payloads.iter().any(|p| matches!(p, Payload::Sa(_))) {
             out.extend(self.respond_child(now, sa, &peer, &payloads, None, None));
         }

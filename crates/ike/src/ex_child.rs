@@ -707,6 +707,7 @@ impl Endpoint {
         // extensions across a rekey): fragmentation (RFC 7383) and Message ID sync (RFC 6311).
         new.frag_supported = old.frag_supported;
         new.peer_mid_sync = old.peer_mid_sync;
+        new.peer_replay_sync = old.peer_replay_sync;
         new.suite = Some(sel);
         new.keys = Some(keys);
         new.ni = ni.to_vec();

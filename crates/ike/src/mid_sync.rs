@@ -22,83 +22,133 @@
 //! - the peer's ([`Endpoint::answer_mid_sync`]): a sync from a clustered peer is answered; one whose
 //!   sender ID is below what we expect is ignored, so a replayed old sync changes nothing.
 //!
-//! IPSEC_REPLAY_COUNTER_SYNC (section 4.2) is neither announced nor sent: no peer measured here
-//! supports it, and the inbound replay windows of a stale takeover are moved forward instead
-//! (`replay-advance`, docs/ha.md).
+//!
+//! IPSEC_REPLAY_COUNTER_SYNC (section 4.2) goes in the same Message ID 0 request, after a
+//! takeover from a stale mirror, to a peer that announced IPSEC_REPLAY_COUNTER_SYNC_SUPPORTED: the new active
+//! jumped its inbound replay windows by `delta` (the old active may have accepted packets after the
+//! last window it synced), and the peer moves its outbound sequence numbers by as much, so nothing
+//! it sends next is refused as a replay and nothing the old active received can be replayed. A
+//! peer that did not announce it gets the estimated `replay-advance` instead (docs/ha.md). As the
+//! peer, tandem announces it and honours it (`Event::OutboundSeqAdvance`). strongSwan announces
+//! neither replay notify.
 
+use crate::api::Event;
 use crate::endpoint::Endpoint;
-use crate::sa::{IkeSa, Queued, Request, SaState};
+use crate::sa::{IkeSa, Queued, Request, SaState, SyncDue};
+use std::collections::HashSet;
 use std::time::Instant;
-use tandem_wire::{ExchangeType, MessageIdSync, Notify, NotifyType, Payload};
+use tandem_wire::{ExchangeType, MessageIdSync, Notify, NotifyType, Payload, ReplayCounterSync};
 use tracing::{debug, info, warn};
 
-/// The IKEV2_MESSAGE_ID_SYNC_SUPPORTED status notify, sent in every IKE_AUTH (request and
-/// response): any tandem node answers a sync, and a clustered one may need to send one.
-pub(crate) fn announcement() -> Payload {
-    Payload::Notify(Notify::new(NotifyType::IKEV2_MESSAGE_ID_SYNC_SUPPORTED, vec![]))
+/// The two RFC 6311 status notifies, sent in every IKE_AUTH (request and response): any tandem
+/// node answers both syncs, and a clustered one may need to send them.
+pub(crate) fn announcements() -> [Payload; 2] {
+    [NotifyType::IKEV2_MESSAGE_ID_SYNC_SUPPORTED, NotifyType::IPSEC_REPLAY_COUNTER_SYNC_SUPPORTED]
+        .map(|t| Payload::Notify(Notify::new(t, vec![])))
 }
 
-/// The peer's IKE_AUTH message announces IKEV2_MESSAGE_ID_SYNC_SUPPORTED.
-pub(crate) fn announced(payloads: &[Payload]) -> bool {
-    payloads.iter().any(
-        |p| matches!(p, Payload::Notify(n) if n.notify_type == NotifyType::IKEV2_MESSAGE_ID_SYNC_SUPPORTED),
-    )
+/// What the peer's IKE_AUTH message announces: (Message ID sync, replay counter sync).
+pub(crate) fn announced(payloads: &[Payload]) -> (bool, bool) {
+    let has = |t: NotifyType| notify(payloads, t).is_some();
+    (has(NotifyType::IKEV2_MESSAGE_ID_SYNC_SUPPORTED), has(NotifyType::IPSEC_REPLAY_COUNTER_SYNC_SUPPORTED))
 }
 
-/// A Message ID 0 INFORMATIONAL is a sync request when it carries an IKEV2_MESSAGE_ID_SYNC notify.
+/// A Message ID 0 INFORMATIONAL is a sync request when it carries either sync notify.
 pub(crate) fn is_sync_request(payloads: &[Payload]) -> bool {
-    sync_notify(payloads).is_some()
+    sync_notify(payloads).is_some() || notify(payloads, NotifyType::IPSEC_REPLAY_COUNTER_SYNC).is_some()
 }
 
 fn sync_notify(payloads: &[Payload]) -> Option<&Notify> {
+    notify(payloads, NotifyType::IKEV2_MESSAGE_ID_SYNC)
+}
+
+fn notify(payloads: &[Payload], t: NotifyType) -> Option<&Notify> {
     payloads.iter().find_map(|p| match p {
-        Payload::Notify(n) if n.notify_type == NotifyType::IKEV2_MESSAGE_ID_SYNC => Some(n),
+        Payload::Notify(n) if n.notify_type == t => Some(n),
         _ => None,
     })
 }
 
 impl Endpoint {
-    /// HA: after a takeover from a mirror that may be stale, synchronise the Message IDs of every
-    /// established IKE SA whose peer supports RFC 6311, our next request ID pushed forward by
-    /// `margin`. Returns the number of IKE SAs that will be synchronised.
-    pub fn sync_message_ids(&mut self, now: Instant, margin: u32) -> usize {
+    /// HA, after a takeover: the RFC 6311 syncs. `mid_margin`: synchronise Message IDs, our next
+    /// request ID pushed forward by it; `replay_delta`: ask the peer to move its outbound sequence numbers by as much as our
+    /// inbound replay windows jumped. Each goes only to a peer that announced it (the CHILD SAs
+    /// concerned are [`Endpoint::replay_sync_children`]). Returns the number of IKE SAs synced.
+    pub fn sync_after_takeover(
+        &mut self,
+        now: Instant,
+        mid_margin: Option<u32>,
+        replay_delta: Option<u64>,
+    ) -> usize {
         self.now = Some(now);
-        let mut ids: Vec<_> = self
+        let mut due: Vec<_> = self
             .sas
             .values()
-            .filter(|sa| sa.peer_mid_sync && sa.state == SaState::Established && !sa.superseded)
-            .map(|sa| sa.id)
+            .filter(|sa| sa.state == SaState::Established && !sa.superseded)
+            .filter_map(|sa| {
+                let replay =
+                    replay_delta.filter(|_| sa.peer_replay_sync && sa.children.iter().any(|c| c.live()));
+                // With a replay sync, a Message ID sync (margin 0 when the mirror is current)
+                // goes too: the peer then ignores a replayed copy of the request.
+                let mid = mid_margin.or(replay.map(|_| 0)).filter(|_| sa.peer_mid_sync);
+                (mid.is_some() || replay.is_some())
+                    .then_some((sa.id, SyncDue { mid_margin: mid, replay_delta: replay }))
+            })
             .collect();
-        ids.sort_unstable();
-        for &id in &ids {
+        due.sort_unstable_by_key(|d| d.0);
+        for &(id, d) in &due {
             let Some(mut sa) = self.sas.checkout(&id) else { continue };
-            sa.mid_sync_due = Some(margin);
+            sa.sync_due = Some(d);
             if sa.rel.can_send() {
-                self.start_mid_sync(now, &mut sa);
+                self.start_takeover_sync(now, &mut sa);
             }
             self.finish(now, sa);
         }
-        if !ids.is_empty() {
-            info!(target: "ike", ike_sas = ids.len(), margin, "synchronising Message IDs with the peers (RFC 6311)");
+        if !due.is_empty() {
+            info!(target: "ike", ike_sas = due.len(), ?mid_margin, ?replay_delta, "RFC 6311 sync with the peers");
         }
-        ids.len()
+        due.len()
+    }
+
+    /// Inbound SPIs of the CHILD SAs whose peer announced IPSEC_REPLAY_COUNTER_SYNC_SUPPORTED: at
+    /// a takeover their replay windows may jump by the delta of [`Endpoint::sync_after_takeover`].
+    pub fn replay_sync_children(&self) -> HashSet<u32> {
+        self.sas
+            .values()
+            .filter(|sa| sa.peer_replay_sync && sa.state == SaState::Established && !sa.superseded)
+            .flat_map(|sa| sa.children.iter().filter(|c| c.live()).map(|c| c.spi_in))
+            .collect()
     }
 
     /// Send the sync owed on `sa` (its window must be free).
-    pub(crate) fn start_mid_sync(&mut self, now: Instant, sa: &mut IkeSa) {
-        let Some(margin) = sa.mid_sync_due.take() else { return };
-        let sync = MessageIdSync {
-            nonce: self.rng.u32(),
-            expected_send_req_mid: sa.rel.next_request_id.saturating_add(margin),
-            expected_recv_req_mid: sa.rel.expected_peer_id,
-        };
-        debug!(target: "ike", sa = format_args!("{:#018x}", sa.id), send = sync.expected_send_req_mid,
-               recv = sync.expected_recv_req_mid, "sending IKEV2_MESSAGE_ID_SYNC");
-        let datagrams =
-            self.seal(sa, ExchangeType::INFORMATIONAL, false, 0, vec![Payload::Notify(sync.to_notify())]);
+    pub(crate) fn start_takeover_sync(&mut self, now: Instant, sa: &mut IkeSa) {
+        let Some(due) = sa.sync_due.take() else { return };
+        let mut payloads = Vec::new();
+        let nonce = due.mid_margin.map(|margin| {
+            let sync = MessageIdSync {
+                nonce: self.rng.u32(),
+                expected_send_req_mid: sa.rel.next_request_id.saturating_add(margin),
+                expected_recv_req_mid: sa.rel.expected_peer_id,
+            };
+            debug!(target: "ike", sa = format_args!("{:#018x}", sa.id), send = sync.expected_send_req_mid,
+                   recv = sync.expected_recv_req_mid, "sending IKEV2_MESSAGE_ID_SYNC");
+            payloads.push(Payload::Notify(sync.to_notify()));
+            self.stats.mid_syncs_sent += 1;
+            sync.nonce
+        });
+        if let Some(delta) = due.replay_delta {
+            let esn = sa.children.iter().filter(|c| c.live()).all(|c| c.sel.esn == tandem_crypto::Esn::Yes);
+            if let Ok(r) = ReplayCounterSync::new(delta, esn) {
+                payloads.push(Payload::Notify(r.to_notify()));
+                self.stats.replay_syncs_sent += 1;
+            }
+        }
+        if payloads.is_empty() {
+            return;
+        }
+        let datagrams = self.seal(sa, ExchangeType::INFORMATIONAL, false, 0, payloads);
         sa.rel.send_out_of_sequence(now, 0, datagrams.clone(), &self.config.retransmit);
-        sa.request = Some(Request::MidSync(sync.nonce));
-        self.stats.mid_syncs_sent += 1;
+        sa.request = Some(Request::TakeoverSync(nonce));
         self.send_datagrams(sa.local, sa.remote, datagrams);
     }
 
@@ -107,12 +157,12 @@ impl Endpoint {
     /// the sync now. Returns whether it did.
     pub(crate) fn give_up_stale_request(&mut self, now: Instant, sa: &mut IkeSa) -> bool {
         let due = sa.rel.outstanding.as_ref().is_some_and(|o| o.deadline.is_some_and(|d| d <= now));
-        if sa.mid_sync_due.is_none() || !due || matches!(sa.request, Some(Request::MidSync(_))) {
+        if sa.sync_due.is_none() || !due || matches!(sa.request, Some(Request::TakeoverSync(_))) {
             return false;
         }
-        debug!(target: "ike", sa = format_args!("{:#018x}", sa.id), "inherited request unanswered: synchronising Message IDs");
+        debug!(target: "ike", sa = format_args!("{:#018x}", sa.id), "inherited request unanswered: synchronising");
         Self::requeue_outstanding(sa);
-        self.start_mid_sync(now, sa);
+        self.start_takeover_sync(now, sa);
         true
     }
 
@@ -139,8 +189,14 @@ impl Endpoint {
         }
     }
 
-    /// Our sync's response: take the peer's counters.
-    pub(crate) fn mid_sync_response(&mut self, sa: &mut IkeSa, payloads: &[Payload], nonce: u32) {
+    /// Our sync's response: take the peer's counters (when we asked for them).
+    pub(crate) fn takeover_sync_response(
+        &mut self,
+        sa: &mut IkeSa,
+        payloads: &[Payload],
+        nonce: Option<u32>,
+    ) {
+        let Some(nonce) = nonce else { return };
         let answer = sync_notify(payloads).map(MessageIdSync::from_notify);
         let Some(Ok(r)) = answer.filter(|a| a.as_ref().is_ok_and(|r| r.nonce == nonce)) else {
             self.stats.mid_syncs_rejected += 1;
@@ -156,23 +212,52 @@ impl Endpoint {
               recv = sa.rel.expected_peer_id, recv_was = old_recv, "Message IDs synchronised with the peer (RFC 6311)");
     }
 
-    /// A clustered peer asks for our Message ID counters (its mirror may be stale). Answers with
-    /// Message ID 0; the answer is not cached (a retransmitted sync is simply answered again).
+    /// A clustered peer asks for our Message ID counters (its mirror may be stale) and/or for our
+    /// outbound sequence numbers to move past its replay windows. Answers with Message ID 0; the
+    /// answer is not cached (a retransmitted sync is simply answered again).
     pub(crate) fn answer_mid_sync(&mut self, now: Instant, sa: &mut IkeSa, payloads: &[Payload]) {
-        let Some(Ok(req)) = sync_notify(payloads).map(MessageIdSync::from_notify) else {
+        let mid = sync_notify(payloads).map(MessageIdSync::from_notify);
+        let replay =
+            notify(payloads, NotifyType::IPSEC_REPLAY_COUNTER_SYNC).map(ReplayCounterSync::from_notify);
+        let (Ok(mid), Ok(replay)) = (mid.transpose(), replay.transpose()) else {
             self.stats.mid_syncs_rejected += 1;
             return;
         };
         // The sender's next request ID below the one we expect: an old sync replayed, or a peer
-        // going backwards. Ignored, as strongSwan does; nothing changes.
-        if req.expected_send_req_mid < sa.rel.expected_peer_id {
+        // going backwards. Ignored, as strongSwan does, replay notify and all: nothing changes.
+        if mid.is_some_and(|m| m.expected_send_req_mid < sa.rel.expected_peer_id) {
             self.stats.mid_syncs_rejected += 1;
-            debug!(target: "ike", vpn = ?sa.vpn, theirs = req.expected_send_req_mid, ours = sa.rel.expected_peer_id,
+            debug!(target: "ike", vpn = ?sa.vpn, ours = sa.rel.expected_peer_id,
                    "ignoring a Message ID sync below the expected Message ID");
             return;
         }
         sa.last_received = Some(now);
-        let syncing = matches!(sa.request, Some(Request::MidSync(_)));
+        let mut response = Vec::new();
+        if let Some(req) = mid {
+            let answer = self.take_peer_message_ids(sa, &req);
+            response.push(Payload::Notify(answer.to_notify()));
+        }
+        if let Some(r) = replay {
+            self.stats.replay_syncs_answered += 1;
+            let vpn = sa.vpn.clone();
+            for c in sa.children.iter().filter(|c| c.live() && c.announced) {
+                self.events.push_back(Event::OutboundSeqAdvance {
+                    ike_sa: sa.id,
+                    spi_in: c.spi_in,
+                    spi_out: c.spi_out,
+                    delta: r.delta(),
+                });
+            }
+            info!(target: "ike", ?vpn, delta = r.delta(), "peer requested a replay counter sync (RFC 6311): outbound sequence numbers moved on");
+        }
+        let datagrams = self.seal(sa, ExchangeType::INFORMATIONAL, true, 0, response);
+        self.send_datagrams(sa.local, sa.remote, datagrams);
+    }
+
+    /// Take a clustered peer's Message ID counters (section 5.1: both sides keep the larger
+    /// values); returns our answer.
+    fn take_peer_message_ids(&mut self, sa: &mut IkeSa, req: &MessageIdSync) -> MessageIdSync {
+        let syncing = matches!(sa.request, Some(Request::TakeoverSync(_)));
         let regular = sa.rel.outstanding.as_ref().filter(|_| !syncing).map(|o| o.message_id);
         // The ID our next request will carry: the outstanding one's (we keep retransmitting it),
         // unless the peer says it is past it, in which case that request's work goes again.
@@ -186,11 +271,8 @@ impl Endpoint {
         }
         let m2 = req.expected_send_req_mid;
         sa.rel.expected_peer_id = m2;
-        let answer = MessageIdSync { nonce: req.nonce, expected_send_req_mid: p2, expected_recv_req_mid: m2 };
-        let datagrams =
-            self.seal(sa, ExchangeType::INFORMATIONAL, true, 0, vec![Payload::Notify(answer.to_notify())]);
         self.stats.mid_syncs_answered += 1;
         info!(target: "ike", vpn = ?sa.vpn, send = p2, recv = m2, "peer requested a Message ID sync (RFC 6311): answered");
-        self.send_datagrams(sa.local, sa.remote, datagrams);
+        MessageIdSync { nonce: req.nonce, expected_send_req_mid: p2, expected_recv_req_mid: m2 }
     }
 }

@@ -121,13 +121,22 @@ pub enum Request {
     DeleteIke,
     Liveness,
     Notify,
-    /// RFC 6311 Message ID sync (sent with Message ID 0, outside the window's numbering), with
-    /// the nonce its response must echo.
-    MidSync(u32),
+    /// RFC 6311 sync after a takeover (sent with Message ID 0, outside the window's numbering),
+    /// with the nonce its response must echo when it asked for the Message IDs.
+    TakeoverSync(Option<u32>),
     /// A request whose work moved to another IKE SA (a simultaneous IKE rekey): it keeps the
     /// window until answered or given up, so that no later Message ID overtakes it, and its
     /// response is ignored.
     Abandoned,
+}
+
+/// What an RFC 6311 sync owed after a takeover asks of the peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncDue {
+    /// IKEV2_MESSAGE_ID_SYNC, our next request ID pushed forward by this margin.
+    pub mid_margin: Option<u32>,
+    /// IPSEC_REPLAY_COUNTER_SYNC: the peer adds this to its outbound sequence numbers.
+    pub replay_delta: Option<u64>,
 }
 
 /// A refused CHILD SA to ask for again (see `child_retry`).
@@ -233,11 +242,15 @@ pub struct IkeSa {
     /// Message ID sync, so a node taking over from a stale mirror can learn the real counters.
     #[serde(default)]
     pub peer_mid_sync: bool,
-    /// An RFC 6311 Message ID sync is owed (a takeover from a stale mirror), with the margin to
-    /// push our next Message ID by. It goes once the window is free; an inherited request still
-    /// outstanding gets one retransmission period first (see `mid_sync`).
+    /// The peer announced IPSEC_REPLAY_COUNTER_SYNC_SUPPORTED in IKE_AUTH (RFC 6311): after a
+    /// takeover it can be asked to move its outbound sequence numbers past a jump of our
+    /// inbound replay windows.
     #[serde(default)]
-    pub mid_sync_due: Option<u32>,
+    pub peer_replay_sync: bool,
+    /// An RFC 6311 sync is owed after a takeover. It goes once the window is free; an inherited
+    /// request still outstanding gets one retransmission period first (see `mid_sync`).
+    #[serde(default)]
+    pub sync_due: Option<SyncDue>,
     #[serde(skip)]
     pub reassembly: tandem_wire::fragment::FragmentReassembler,
     #[serde(default)]
@@ -312,7 +325,8 @@ impl IkeSa {
             replaces_ike: None,
             frag_supported: false,
             peer_mid_sync: false,
-            mid_sync_due: None,
+            peer_replay_sync: false,
+            sync_due: None,
             reassembly: Default::default(),
             ke: None,
             created: Some(now),

@@ -53,6 +53,10 @@ const CUT: Cut = Cut { pause_at: ms(3_000), kill_at: ms(12_000), mode: KillMode:
 /// Establish, cut the sync link, kill the active (taking over with `margin`, or without a sync),
 /// and run to 30 s with pings.
 fn run(margin: Option<u32>, cut: Cut) -> Run {
+    run_with(margin, None, cut)
+}
+
+fn run_with(margin: Option<u32>, replay_delta: Option<u64>, cut: Cut) -> Run {
     let s = scenario();
     let r = &mut SeededRandom::from_u64(6311);
     let p_addr: SocketAddr = "10.0.0.1:500".parse().unwrap();
@@ -80,6 +84,7 @@ fn run(margin: Option<u32>, cut: Cut) -> Run {
     let mut sim = Sim::new(6311, vec![(p, p_addr), (a, vip), (b, vip)], s.link);
     sim.mirror(1, 2);
     sim.mid_sync_margin = margin;
+    sim.replay_sync_delta = replay_delta;
     sim.kill = Some(Kill { node: 1, after: cut.kill_at, mode: cut.mode });
     let at = sim.at();
     sim.nodes[0].ep.start_configured(at);
@@ -217,4 +222,40 @@ fn stale_takeovers_at_any_moment_keep_the_ike_sa() {
     }
     eprintln!("150 stale takeovers, {inherited} with an inherited request outstanding");
     assert!(inherited > 0, "some takeovers inherited a request the peer had answered long ago");
+}
+
+/// With a replay counter sync in the same request: node 0 (any tandem node announces and honours
+/// it) moves the outbound numbers of its CHILD SA by the delta, once, and a replayed copy of the
+/// request moves nothing.
+#[test]
+fn replay_counter_sync_moves_the_peers_outbound_numbers_once() {
+    let Run { mut sim, .. } = run_with(Some(65_536), Some(1 << 24), CUT);
+    if let Some(v) = sim.violations.first() {
+        panic!("{v}\n{}", sim.trace());
+    }
+    let (active, peer) = (sim.nodes[2].ep.stats().clone(), sim.nodes[0].ep.stats().clone());
+    assert_eq!((active.replay_syncs_sent, active.mid_syncs_done), (1, 1), "{active:?}");
+    assert_eq!(peer.replay_syncs_answered, 1, "{peer:?}");
+    let child = sim.nodes[0].ep.child_sas()[0].clone();
+    let advances = |sim: &Sim| -> Vec<(u32, u64)> {
+        sim.nodes[0]
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                tandem_ike::Event::OutboundSeqAdvance { spi_in, delta, .. } => Some((*spi_in, *delta)),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(advances(&sim), vec![(child.spi_in, 1 << 24)]);
+    let (from, sync) = sim.last_mid_sync.clone().expect("a sync went out");
+    assert_eq!(from, 2);
+    let at = sim.at();
+    let (local, remote) = (sim.nodes[0].addr, sim.nodes[2].addr);
+    sim.nodes[0].ep.handle_datagram(at, local, remote, &sync);
+    while let Some(e) = sim.nodes[0].ep.poll_event() {
+        sim.nodes[0].events.push(e);
+    }
+    assert_eq!(advances(&sim).len(), 1, "a replayed sync moves nothing");
+    assert_eq!(sim.nodes[0].ep.stats().mid_syncs_rejected, 1);
 }

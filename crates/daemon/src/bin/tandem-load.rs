@@ -532,6 +532,12 @@ impl Esp {
                     Err(e) => eprintln!("tandem-load: cannot build the ESP SA of {}: {e:?}", i.vpn),
                 }
             }
+            // A peer cluster's RFC 6311 replay counter sync after a stale takeover.
+            Event::OutboundSeqAdvance { spi_in, delta, .. } => {
+                if let Some(p) = self.pairs.get(spi_in) {
+                    p.outbound.set_next_seq(p.outbound.next_seq().saturating_add(*delta));
+                }
+            }
             Event::ChildSaDown { vpn, spi_in, .. } => {
                 self.pairs.remove(spi_in);
                 if let Some(t) = vpn.strip_prefix("load-").and_then(|n| n.parse::<usize>().ok()) {

@@ -114,6 +114,8 @@ pub struct Sim {
     pub mirror_paused: bool,
     /// At the takeover, synchronise Message IDs (RFC 6311) with this margin.
     pub mid_sync_margin: Option<u32>,
+    /// At the takeover, ask for a replay counter sync (RFC 6311) of this delta.
+    pub replay_sync_delta: Option<u64>,
     /// IKE SAs (by SPIs and direction) whose next request may skip Message IDs: a Message ID
     /// sync moved the counter on.
     mid_synced: std::collections::BTreeSet<(u64, u64, bool)>,
@@ -172,6 +174,7 @@ impl Sim {
             unsynced_linger: Default::default(),
             mirror_paused: false,
             mid_sync_margin: None,
+            replay_sync_delta: None,
             mid_synced: Default::default(),
             requests_by_exchange: Default::default(),
             last_mid_sync: None,
@@ -250,9 +253,10 @@ impl Sim {
             let at = self.at();
             let t = self.nodes[to].ep.take_over(at);
             self.log(format!("{to} takes over: {t:?}"));
-            if let Some(margin) = self.mid_sync_margin {
-                let n = self.nodes[to].ep.sync_message_ids(at, margin);
-                self.log(format!("{to} synchronises Message IDs on {n} IKE SAs"));
+            if self.mid_sync_margin.is_some() || self.replay_sync_delta.is_some() {
+                let n =
+                    self.nodes[to].ep.sync_after_takeover(at, self.mid_sync_margin, self.replay_sync_delta);
+                self.log(format!("{to} runs an RFC 6311 sync on {n} IKE SAs"));
             }
             self.takeover = Some(t);
             self.drain();
@@ -570,6 +574,7 @@ pub fn summarize(e: &Event) -> String {
         Event::IkeSaUp { ike_sa, .. } => format!("IKE up {ike_sa:#018x}"),
         Event::IkeSaDown { ike_sa, reason, .. } => format!("IKE down {ike_sa:#018x} {reason:?}"),
         Event::Failure { message, .. } => format!("failure: {message}"),
+        Event::OutboundSeqAdvance { spi_out, delta, .. } => format!("outbound {spi_out:#010x} +{delta}"),
     }
 }
 
