@@ -64,6 +64,9 @@ pub struct Stats {
     /// CHILD SAs' outbound sequence numbers then moved forward).
     pub replay_syncs_sent: u64,
     pub replay_syncs_answered: u64,
+    /// RFC 6311 syncs not sent after a takeover, because the peer could not answer them
+    /// (`mid_sync::strongswan_cannot_answer`).
+    pub mid_syncs_skipped: u64,
 }
 
 /// A received message of an existing IKE SA, with its payloads when already decrypted (fragments).

@@ -47,6 +47,17 @@ pub(crate) fn announcements() -> [Payload; 2] {
         .map(|t| Payload::Notify(Notify::new(t, vec![])))
 }
 
+/// strongSwan (5.9 to today) derives the IV of each AEAD-encrypted IKE message from its Message ID
+/// and refuses a number it used before, in each of two ranges (`iv_gen_seq.c`). Once it has
+/// answered a request of ours (its answer to our Message ID 0 took the second range's 0), it can
+/// never encrypt another Message ID 0, so a sync's answer fails and it destroys the IKE SA at once,
+/// ESP and all, without a Delete. Such an SA is better left as it is: it may carry traffic for a
+/// while and die by DPD, which a peer's `dpd_action = restart` repairs. The peer is not
+/// identified, so a peer without this limitation goes without the sync too.
+fn strongswan_cannot_answer(sa: &IkeSa) -> bool {
+    sa.suite.is_some_and(|s| s.encr.is_aead()) && sa.rel.next_request_id > 0
+}
+
 /// What the peer's IKE_AUTH message announces: (Message ID sync, replay counter sync).
 pub(crate) fn announced(payloads: &[Payload]) -> (bool, bool) {
     let has = |t: NotifyType| notify(payloads, t).is_some();
@@ -81,10 +92,16 @@ impl Endpoint {
         replay_delta: Option<u64>,
     ) -> usize {
         self.now = Some(now);
+        let mut skipped = 0;
         let mut due: Vec<_> = self
             .sas
             .values()
             .filter(|sa| sa.state == SaState::Established && !sa.superseded)
+            .filter(|sa| {
+                let answerable = !strongswan_cannot_answer(sa);
+                skipped += usize::from(!answerable && (sa.peer_mid_sync || sa.peer_replay_sync));
+                answerable
+            })
             .filter_map(|sa| {
                 let replay =
                     replay_delta.filter(|_| sa.peer_replay_sync && sa.children.iter().any(|c| c.live()));
@@ -106,6 +123,11 @@ impl Endpoint {
         }
         if !due.is_empty() {
             info!(target: "ike", ike_sas = due.len(), ?mid_margin, ?replay_delta, "RFC 6311 sync with the peers");
+        }
+        if skipped > 0 {
+            self.stats.mid_syncs_skipped += skipped as u64;
+            warn!(target: "ike", ike_sas = skipped, "no RFC 6311 sync on IKE SAs with AEAD encryption on which this \
+                  cluster already sent a request: strongSwan cannot encrypt the answer and would destroy them");
         }
         due.len()
     }

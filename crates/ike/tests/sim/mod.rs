@@ -352,8 +352,14 @@ impl Sim {
             self.answered.insert(key, ());
             return;
         }
-        if h.message_id == 0 && h.exchange == tandem_wire::ExchangeType::INFORMATIONAL {
-            // RFC 6311 Message ID sync: outside the numbering; the next request may jump.
+        // RFC 6311 sync: an INFORMATIONAL with Message ID 0 that is not that direction's first
+        // request (the original initiator's Message ID 0 is IKE_SA_INIT, the responder's may be a
+        // DPD). Outside the numbering; the next request may jump.
+        let first_mid0 = self.requests.get(&key);
+        let sync = h.message_id == 0
+            && h.exchange == tandem_wire::ExchangeType::INFORMATIONAL
+            && (key.2 || first_mid0.is_some_and(|b| b.as_slice() != data));
+        if sync {
             self.mid_synced.insert((key.0, key.1, key.2));
             self.last_mid_sync = Some((from, data.to_vec()));
             return;
