@@ -31,6 +31,7 @@ use crate::charon::{Charon, CharonConfig, IkeSa};
 use crate::netns::{must, unique_tag, Netns};
 use crate::probe::{parse_ping, PingResult};
 use crate::tandemd::{bin_dir, TandemConf, Tandemd};
+use crate::timestamp::rfc3339_epoch;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -744,28 +745,12 @@ impl AddrMonitor {
 /// `[2026-12-03T15:43:32.727713] [Deleted ]3: dev    inet 10.95.0.10/24 ...` (UTC).
 fn parse_addr_event(line: &str) -> Option<AddrEvent> {
     let (ts, rest) = line.strip_prefix('[')?.split_once(']')?;
-    let (date, time) = ts.split_once('T')?;
-    let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
-    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
-    let mut t = time.split(':');
-    let (hh, mm) = (t.next()?.parse::<i64>().ok()?, t.next()?.parse::<i64>().ok()?);
-    let ss = t.next()?.parse::<f64>().ok()?;
-    let at = (days_from_civil(y, m, day) * 86_400 + hh * 3600 + mm * 60) as f64 + ss;
+    let at = rfc3339_epoch(ts)?;
     let rest = rest.trim_start();
     let added = !rest.starts_with("Deleted");
     let mut words = rest.split_whitespace();
     words.find(|w| *w == "inet" || *w == "inet6")?;
     Some(AddrEvent { at, added, addr: words.next()?.to_string() })
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 #[cfg(test)]

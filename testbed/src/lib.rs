@@ -15,6 +15,7 @@ pub mod probe;
 pub mod replay;
 pub mod stream;
 pub mod tandemd;
+pub mod timestamp;
 pub mod topo;
 
 use std::time::{Duration, Instant};

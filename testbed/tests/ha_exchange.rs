@@ -572,34 +572,88 @@ fn mirrored_ike_states(t2: &Tandemd) -> Vec<String> {
 // ---------------------------------------------------------------------------------------------
 // CHILD SA rekey
 
-/// tandem rekeys the CHILD SA (`tandemctl rekey child-sa` on node 1) and the exchange is cut at
-/// node 1 (`lose`). Node 2 sends node 1's request again at the takeover, byte for byte, and
-/// completes the rekey (PFS: with the mirrored private key); then it deletes the old CHILD SA, as
-/// node 1 would have.
-fn child_rekey_by_tandem(lose: Lose, what: &str) {
+/// Which SA a rekey replaces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Rekeyed {
+    Child,
+    Ike,
+}
+
+impl std::fmt::Display for Rekeyed {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(match self {
+            Rekeyed::Child => "CHILD",
+            Rekeyed::Ike => "IKE",
+        })
+    }
+}
+
+impl Rekeyed {
+    /// `new` has another SA of this kind than `old`.
+    fn replaced(self, old: &Sas, new: &Sas) -> bool {
+        match self {
+            Rekeyed::Child => new.child != old.child,
+            Rekeyed::Ike => new.ike != old.ike,
+        }
+    }
+}
+
+/// The end of a rekey at both ends after the takeover: the new SA appears (`await_new`), then node
+/// 2 and charon hold exactly the SAs with it in place of the old one, and the other SA is kept (a
+/// CHILD rekey keeps the IKE SA, an IKE rekey moves the CHILD SA over unchanged). Returns the SAs
+/// and how long after the takeover the new SA appeared.
+fn rekey_completed(b: &Bed, kind: Rekeyed, old: &Sas, taken: &Taken, what: &str) -> (Sas, Duration) {
+    let took = await_new(b, old, kind == Rekeyed::Child, what) - taken.at;
+    let (new, done) = await_exactly(b, what, |s| kind.replaced(old, s));
+    let change = match kind {
+        Rekeyed::Child => format!("{:x?} -> {:x?}", old.child, new.child),
+        Rekeyed::Ike => format!("{:?} -> {:?}", old.ike, new.ike),
+    };
+    eprintln!(
+        "{what}: rekey completed {} after the takeover, old {kind} SA gone at both ends after {}: {change}",
+        ms(took),
+        ms(done - taken.at),
+    );
+    match kind {
+        Rekeyed::Child => assert_eq!(new.ike, old.ike, "{what}: a CHILD rekey keeps the IKE SA"),
+        Rekeyed::Ike => {
+            assert_eq!(new.child, old.child, "{what}: an IKE rekey moves the CHILD SA over unchanged")
+        }
+    }
+    (new, took)
+}
+
+/// tandem rekeys the CHILD or the IKE SA (`tandemctl rekey child-sa`/`ike-sa` on node 1) and the
+/// exchange is cut at node 1 (`lose`). Node 2 (whose mirror shows an IKE SA `rekeying`) sends node
+/// 1's request again at the takeover, byte for byte, and completes the rekey (with the mirrored
+/// private key: PFS for a CHILD SA); then it deletes the old SA, as node 1 would have.
+fn rekey_by_tandem(kind: Rekeyed, lose: Lose, what: &str) {
     let Some(mut b) = bed("", |_| {}) else { return };
     let old = b.sas.clone();
     let ping = BackgroundPing::start(&mut b.cl.peer, PEER_INNER, CLUSTER_INNER, Duration::from_millis(10));
     let log_at = b.c.log().len();
+    let (sa, id) = match kind {
+        Rekeyed::Child => ("child-sa", u64::from(old.child.0)),
+        Rekeyed::Ike => ("ike-sa", b.t1.ike_sas()[0]["id"].as_u64().expect("IKE SA id")),
+    };
     lose_ike(&b.cl.gw[0], lose);
-    let out = b.t1.ctl(&["rekey", "child-sa", &format!("{:#x}", old.child.0)]);
-    assert!(out.status.success(), "tandemctl rekey child-sa: {}", String::from_utf8_lossy(&out.stderr));
+    let out = b.t1.ctl(&["rekey", sa, &format!("{id:#x}")]);
+    assert!(out.status.success(), "tandemctl rekey {sa}: {}", String::from_utf8_lossy(&out.stderr));
     let (_, bytes) = await_lost(&b, 1, what);
+    if kind == Rekeyed::Ike {
+        let mut states = Vec::new();
+        let rekeying = wait_until(WAIT, POLL, || {
+            states = mirrored_ike_states(&b.t2);
+            states == ["rekeying"]
+        });
+        assert!(rekeying, "{what}: node 2's mirror is not rekeying: {states:?}\n{}", b.logs());
+    }
     let answered = before_kill(&b, lose, "CREATE_CHILD_SA", bytes, what);
     eprintln!("{what}: in flight, {bytes} bytes lost; charon answered {answered:?}");
 
     let taken = fail_over(&mut b, what);
     assert_eq!(taken.report["retransmitted"], 1, "{what}: node 2 did not send node 1's request again");
-    let took = await_new(&b, &old, true, what) - taken.at;
-    let (new, done) = await_exactly(&b, what, |s| s.child != old.child);
-    eprintln!(
-        "{what}: rekey completed {} after the takeover, old CHILD SA gone at both ends after {}: {:x?} -> {:x?}",
-        ms(took),
-        ms(done - taken.at),
-        old.child,
-        new.child
-    );
-    assert_eq!(new.ike, old.ike, "{what}: a CHILD rekey keeps the IKE SA");
+    let (new, took) = rekey_completed(&b, kind, &old, &taken, what);
     assert!(
         took < TANDEM_RETRANSMIT,
         "{what}: completed {took:?} after the takeover: not by the takeover's resend"
@@ -609,12 +663,12 @@ fn child_rekey_by_tandem(lose: Lose, what: &str) {
 
 #[test]
 fn child_rekey_by_tandem_request_lost() {
-    child_rekey_by_tandem(Lose::Node1s, "CHILD rekey by tandem, request lost");
+    rekey_by_tandem(Rekeyed::Child, Lose::Node1s, "CHILD rekey by tandem, request lost");
 }
 
 #[test]
 fn child_rekey_by_tandem_response_lost() {
-    child_rekey_by_tandem(Lose::Charons, "CHILD rekey by tandem, charon's response lost");
+    rekey_by_tandem(Rekeyed::Child, Lose::Charons, "CHILD rekey by tandem, charon's response lost");
 }
 
 /// The end of a rekey of charon's that node 2 answered from node 1's mirrored response: charon got
@@ -670,95 +724,71 @@ fn charon_rekeys(which: &[&str], what: &str) -> Option<(Bed, Sas, BackgroundPing
 /// is the one node 1 negotiated (its SPIs, its keys) and carries the traffic through node 2.
 #[test]
 fn child_rekey_by_charon_response_lost() {
-    let what = "CHILD rekey by charon, response lost";
-    let Some((mut b, old, ping, log_at)) = charon_rekeys(&["--child", "net"], what) else { return };
-    // Node 1 answered and mirrored both CHILD SAs; charon has not had the answer.
+    rekey_by_charon(Rekeyed::Child, "CHILD rekey by charon, response lost");
+}
+
+/// charon rekeys the CHILD or the IKE SA (`swanctl --rekey --child`/`--ike`); node 1 answers, its
+/// response is lost. Node 2, mirroring both the old and the new SA, answers charon's retransmission
+/// from the mirrored response cache: the new SA is the one node 1 negotiated (its SPIs, its keys)
+/// and carries the traffic through node 2 (an old IKE SA is deleted by charon through node 2).
+fn rekey_by_charon(kind: Rekeyed, what: &str) {
+    let which: &[&str] = match kind {
+        Rekeyed::Child => &["--child", "net"],
+        Rekeyed::Ike => &["--ike", "t"],
+    };
+    let Some((mut b, old, ping, log_at)) = charon_rekeys(which, what) else { return };
+    // Node 1 answered and mirrored both SAs; charon has not had the answer.
     let mut mirrored = Vec::new();
     let both = wait_until(WAIT, POLL, || {
-        mirrored = b.t2.child_sas();
+        mirrored = match kind {
+            Rekeyed::Child => b.t2.child_sas(),
+            Rekeyed::Ike => b.t2.ike_sas(),
+        };
         mirrored.len() == 2
     });
-    assert!(both, "{what}: node 2 does not mirror the rekeyed CHILD SA: {mirrored:?}\n{}", b.logs());
-    let answered: Vec<(u32, u32)> = mirrored
+    assert!(both, "{what}: node 2 does not mirror the new {kind} SA: {mirrored:?}\n{}", b.logs());
+    // The SAs as node 1 answered: the old ones with the new SA in place.
+    let answered: Vec<Sas> = mirrored
         .iter()
-        .map(|c| (c["spi_in"].as_u64().unwrap_or(0) as u32, c["spi_out"].as_u64().unwrap_or(0) as u32))
-        .filter(|c| *c != old.child)
+        .map(|m| match kind {
+            Rekeyed::Child => Sas {
+                child: (m["spi_in"].as_u64().unwrap_or(0) as u32, m["spi_out"].as_u64().unwrap_or(0) as u32),
+                ..old.clone()
+            },
+            Rekeyed::Ike => Sas { ike: (hex64(&m["spi_i"]), hex64(&m["spi_r"])), ..old.clone() },
+        })
+        .filter(|s| kind.replaced(&old, s))
         .collect();
-    let [answered] = answered[..] else { panic!("{what}: node 2 mirrors {mirrored:?}") };
+    let [answered] = &answered[..] else { panic!("{what}: node 2 mirrors {mirrored:?}") };
     let seen = log_from(&b.c, log_at);
     let [mid] = mids(&seen, "generating", "CREATE_CHILD_SA", "request")[..] else {
         panic!("{what}: charon sent no single CREATE_CHILD_SA request:\n{seen}")
     };
-    assert!(
-        mids(&seen, "parsed", "CREATE_CHILD_SA", "response").is_empty(),
-        "{what}: charon got the response node 1's namespace was to drop:\n{seen}"
-    );
+    if kind == Rekeyed::Child {
+        assert!(
+            mids(&seen, "parsed", "CREATE_CHILD_SA", "response").is_empty(),
+            "{what}: charon got the response node 1's namespace was to drop:\n{seen}"
+        );
+    }
 
     let taken = fail_over(&mut b, what);
     assert_eq!(taken.report["retransmitted"], 0, "{what}: node 2 had no request of its own to resend");
-    let took = await_new(&b, &old, true, what) - taken.at;
-    let (new, done) = await_exactly(&b, what, |s| s.child != old.child);
-    eprintln!(
-        "{what}: rekey completed {} after the takeover, old CHILD SA gone at both ends after {}: {:x?} -> {:x?}",
-        ms(took),
-        ms(done - taken.at),
-        old.child,
-        new.child
-    );
-    assert_eq!(new.ike, old.ike, "{what}: a CHILD rekey keeps the IKE SA");
-    assert_eq!(new.child, answered, "{what}: the CHILD SA is not the one node 1 answered with");
+    let (new, took) = rekey_completed(&b, kind, &old, &taken, what);
+    assert_eq!(&new, answered, "{what}: the {kind} SA is not the one node 1 answered with");
     cached_answer_done(&mut b, ping, (mid, took), &taken, log_at, &new, what);
 }
 
 // ---------------------------------------------------------------------------------------------
 // IKE SA rekey
 
-/// tandem rekeys the IKE SA (`tandemctl rekey ike-sa` on node 1) and the exchange is cut at node 1
-/// (`lose`). Node 2, whose mirror shows the SA `rekeying`, sends the request again at the takeover,
-/// derives the new IKE SA with the mirrored private key and deletes the old one.
-fn ike_rekey_by_tandem(lose: Lose, what: &str) {
-    let Some(mut b) = bed("", |_| {}) else { return };
-    let old = b.sas.clone();
-    let ping = BackgroundPing::start(&mut b.cl.peer, PEER_INNER, CLUSTER_INNER, Duration::from_millis(10));
-    let log_at = b.c.log().len();
-    let id = b.t1.ike_sas()[0]["id"].as_u64().expect("IKE SA id");
-    lose_ike(&b.cl.gw[0], lose);
-    let out = b.t1.ctl(&["rekey", "ike-sa", &format!("{id:#x}")]);
-    assert!(out.status.success(), "tandemctl rekey ike-sa: {}", String::from_utf8_lossy(&out.stderr));
-    let (_, bytes) = await_lost(&b, 1, what);
-    let mut states = Vec::new();
-    let rekeying = wait_until(WAIT, POLL, || {
-        states = mirrored_ike_states(&b.t2);
-        states == ["rekeying"]
-    });
-    assert!(rekeying, "{what}: node 2's mirror is not rekeying: {states:?}\n{}", b.logs());
-    let answered = before_kill(&b, lose, "CREATE_CHILD_SA", bytes, what);
-    eprintln!("{what}: in flight, {bytes} bytes lost; charon answered {answered:?}");
-
-    let taken = fail_over(&mut b, what);
-    assert_eq!(taken.report["retransmitted"], 1, "{what}: node 2 did not send node 1's request again");
-    let took = await_new(&b, &old, false, what) - taken.at;
-    let (new, done) = await_exactly(&b, what, |s| s.ike != old.ike);
-    eprintln!(
-        "{what}: rekey completed {} after the takeover, old IKE SA gone at both ends after {}: {:?} -> {:?}",
-        ms(took),
-        ms(done - taken.at),
-        old.ike,
-        new.ike
-    );
-    assert_eq!(new.child, old.child, "{what}: an IKE rekey moves the CHILD SA over unchanged");
-    assert!(took < TANDEM_RETRANSMIT, "{what}: completed {took:?} after the takeover: not by its resend");
-    resent_rekey_done(&mut b, ping, answered, bytes, &taken, log_at, &new, what);
-}
-
 #[test]
 fn ike_rekey_by_tandem_request_lost() {
-    ike_rekey_by_tandem(Lose::Node1s, "IKE rekey by tandem, request lost");
+    rekey_by_tandem(Rekeyed::Ike, Lose::Node1s, "IKE rekey by tandem, request lost");
 }
 
 #[test]
 fn ike_rekey_by_tandem_response_lost() {
-    ike_rekey_by_tandem(Lose::Charons, "IKE rekey by tandem, charon's response lost");
+    rekey_by_tandem(Rekeyed::Ike, Lose::Charons, "IKE rekey by tandem, charon's response lost");
 }
 
 /// charon rekeys the IKE SA (`swanctl --rekey --ike`); node 1 answers, its response is lost. Node 2
@@ -766,36 +796,7 @@ fn ike_rekey_by_tandem_response_lost() {
 /// IKE SA through node 2, and the new one is the one node 1 answered with.
 #[test]
 fn ike_rekey_by_charon_response_lost() {
-    let what = "IKE rekey by charon, response lost";
-    let Some((mut b, old, ping, log_at)) = charon_rekeys(&["--ike", "t"], what) else { return };
-    let mut mirrored = Vec::new();
-    let both = wait_until(WAIT, POLL, || {
-        mirrored = b.t2.ike_sas();
-        mirrored.len() == 2
-    });
-    assert!(both, "{what}: node 2 does not mirror the new IKE SA: {mirrored:?}\n{}", b.logs());
-    let answered: Vec<(String, String)> =
-        mirrored.iter().map(|s| (hex64(&s["spi_i"]), hex64(&s["spi_r"]))).filter(|s| *s != old.ike).collect();
-    let [answered] = &answered[..] else { panic!("{what}: node 2 mirrors {mirrored:?}") };
-    let seen = log_from(&b.c, log_at);
-    let [mid] = mids(&seen, "generating", "CREATE_CHILD_SA", "request")[..] else {
-        panic!("{what}: charon sent no single CREATE_CHILD_SA request:\n{seen}")
-    };
-
-    let taken = fail_over(&mut b, what);
-    assert_eq!(taken.report["retransmitted"], 0, "{what}: node 2 had no request of its own to resend");
-    let took = await_new(&b, &old, false, what) - taken.at;
-    let (new, done) = await_exactly(&b, what, |s| s.ike != old.ike);
-    eprintln!(
-        "{what}: rekey completed {} after the takeover, old IKE SA gone at both ends after {}: {:?} -> {:?}",
-        ms(took),
-        ms(done - taken.at),
-        old.ike,
-        new.ike
-    );
-    assert_eq!(&new.ike, answered, "{what}: the IKE SA is not the one node 1 answered with");
-    assert_eq!(new.child, old.child, "{what}: an IKE rekey moves the CHILD SA over unchanged");
-    cached_answer_done(&mut b, ping, (mid, took), &taken, log_at, &new, what);
+    rekey_by_charon(Rekeyed::Ike, "IKE rekey by charon, response lost");
 }
 
 // ---------------------------------------------------------------------------------------------

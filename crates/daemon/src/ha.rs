@@ -545,10 +545,9 @@ impl Ha {
         let syncing = self.active.state() != PeerState::Down;
         let h = esp.handle();
         for (spi, last, top) in h.ha_counters() {
-            if self.active.leases.ceiling(spi).is_none() {
+            if !self.active.check_lease(spi, last, &mut out) {
                 continue;
             }
-            self.active.check_lease(spi, last, &mut out);
             if syncing && self.replay.due(spi, top, now) {
                 if let Some(w) = h.replay_state(spi) {
                     self.active.replay(spi, w.window, w.top, w.bitmap);

@@ -200,7 +200,8 @@ impl<T> ActiveSync<T> {
     }
 
     /// Look at one outbound SA's counter (call it often: every few milliseconds per busy SA).
-    pub fn check_lease(&mut self, spi_in: u32, last_seq: u64, out: &mut Released<T>) {
+    /// Returns whether the SA has a lease in the book.
+    pub fn check_lease(&mut self, spi_in: u32, last_seq: u64, out: &mut Released<T>) -> bool {
         let up = self.connected();
         match self.leases.check(spi_in, last_seq, up, &mut self.seq) {
             LeaseOutcome::Ask { spi_in, seq, ceiling } => {
@@ -213,7 +214,9 @@ impl<T> ActiveSync<T> {
                 out.rekeys.push(spi_in);
             }
             LeaseOutcome::Nothing => {}
+            LeaseOutcome::Unleased => return false,
         }
+        true
     }
 
     /// The standby applied everything up to `seq` (the ack arrived at `now`).

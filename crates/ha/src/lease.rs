@@ -30,6 +30,8 @@ struct Lease {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LeaseOutcome {
     Nothing,
+    /// The book has no lease for this SA: nothing to do (`check` of an SA this node does not lease).
+    Unleased,
     /// Send `SyncMsg::Lease` with this ceiling (the book numbered it `seq`).
     Ask {
         spi_in: u32,
@@ -128,7 +130,7 @@ impl LeaseBook {
         next_seq: &mut u64,
     ) -> LeaseOutcome {
         let shift = self.shift;
-        let Some(l) = self.sas.get_mut(&spi_in) else { return LeaseOutcome::Nothing };
+        let Some(l) = self.sas.get_mut(&spi_in) else { return LeaseOutcome::Unleased };
         let top = l.asked.map_or(l.ceiling, |(_, c)| c);
         if last_seq.saturating_add(shift / 2) < top {
             return LeaseOutcome::Nothing;
@@ -221,6 +223,8 @@ mod tests {
         assert_eq!(b.ceiling(7), Some(100), "not in force before the ack");
         assert_eq!(b.acked(1), vec![LeaseOutcome::Raise { spi_in: 7, ceiling: 200 }]);
         assert_eq!(b.ceiling(7), Some(200));
+        assert_eq!(b.check(8, 10_000, true, &mut seq), LeaseOutcome::Unleased, "not in the book");
+        assert_eq!(seq, 1, "nothing asked for it");
     }
 
     #[test]
@@ -274,7 +278,10 @@ mod tests {
                         last = (last + n).min(b.ceiling(1).unwrap());
                         match b.check(1, last, up, &mut seq) {
                             LeaseOutcome::Ask { seq: s, ceiling, .. } => in_flight.push((s, ceiling)),
-                            LeaseOutcome::Raise { .. } | LeaseOutcome::Rekey { .. } | LeaseOutcome::Nothing => {}
+                            LeaseOutcome::Raise { .. }
+                            | LeaseOutcome::Rekey { .. }
+                            | LeaseOutcome::Nothing
+                            | LeaseOutcome::Unleased => {}
                         }
                     }
                     1 if up && !in_flight.is_empty() => {

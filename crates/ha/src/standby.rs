@@ -107,9 +107,8 @@ impl StandbySync {
                 self.stats.bulk_transfers += 1;
             }
             SyncMsg::BulkDone { .. } => {
-                for id in std::mem::take(&mut self.unconfirmed) {
-                    self.remove_sa(ep, id);
-                }
+                let gone = std::mem::take(&mut self.unconfirmed);
+                self.remove_sas(ep, &gone);
                 let live: HashSet<u32> = ep.child_sas().iter().map(|c| c.spi_in).collect();
                 self.leases.retain(|spi, _| live.contains(spi));
                 self.windows.retain(|spi, _| live.contains(spi));
@@ -125,7 +124,7 @@ impl StandbySync {
             }
             SyncMsg::IkeSaRemoved { id, .. } => {
                 self.unconfirmed.remove(&id);
-                self.remove_sa(ep, id);
+                self.remove_sas(ep, &HashSet::from([id]));
             }
             SyncMsg::Lease { spi_in, ceiling, .. } => {
                 let l = self.leases.entry(spi_in).or_default();
@@ -147,12 +146,19 @@ impl StandbySync {
         Ok(Some(SyncMsg::Ack { seq }))
     }
 
-    fn remove_sa(&mut self, ep: &mut Endpoint, id: u64) {
-        for c in ep.child_sas().iter().filter(|c| c.ike_sa == id) {
+    /// Drop these IKE SAs from the mirror, with the leases and windows of their CHILD SAs. The
+    /// CHILD SAs are listed once for all of them: a resync that drops many SAs stays linear.
+    fn remove_sas(&mut self, ep: &mut Endpoint, ids: &HashSet<u64>) {
+        if ids.is_empty() {
+            return;
+        }
+        for c in ep.child_sas().iter().filter(|c| ids.contains(&c.ike_sa)) {
             self.leases.remove(&c.spi_in);
             self.windows.remove(&c.spi_in);
         }
-        ep.unmirror(id);
+        for &id in ids {
+            ep.unmirror(id);
+        }
     }
 
     /// A planned switchover was applied (once): take over now, with the exact replay windows.

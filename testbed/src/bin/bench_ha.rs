@@ -39,6 +39,7 @@ use tandem_testbed::cluster::{
 };
 use tandem_testbed::load_peer::{cluster_load_toml, LoadOpts, LoadPeer, ESP, IKE};
 use tandem_testbed::tandemd::{bin_dir, Tandemd};
+use tandem_testbed::timestamp::rfc3339_epoch;
 use tandem_testbed::wait_until;
 
 fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -70,20 +71,7 @@ fn link_bytes(st: &Value) -> (u64, u64) {
 
 /// Seconds since the epoch of a tracing log line's leading `2026-12-03T18:44:35.967691Z`.
 fn log_epoch(line: &str) -> Option<f64> {
-    let ts = line.split_whitespace().next()?.strip_suffix('Z')?;
-    let (date, time) = ts.split_once('T')?;
-    let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
-    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
-    let mut t = time.split(':');
-    let (hh, mm) = (t.next()?.parse::<i64>().ok()?, t.next()?.parse::<i64>().ok()?);
-    let ss = t.next()?.parse::<f64>().ok()?;
-    // Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
-    let yy = if m <= 2 { y - 1 } else { y };
-    let era = yy.div_euclid(400);
-    let yoe = yy - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day - 1;
-    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
-    Some((days * 86_400 + hh * 3600 + mm * 60) as f64 + ss)
+    rfc3339_epoch(line.split_whitespace().next()?)
 }
 
 /// The timestamp of the first line of `log` containing `what`.
