@@ -275,8 +275,21 @@ impl Cluster {
     /// Start (or restart, after `kill_node`) node `i`'s tandemd with `initial-role = role`, from
     /// what `start_nodes` set up. The log of an earlier run is kept as `tandemd.log.N`.
     pub fn start_node(&mut self, i: usize, role: &str) -> Tandemd {
+        let toml = self.node_toml(i, role);
+        let dir = self.node_dir(i);
+        let log = dir.join("tandemd.log");
+        if log.exists() {
+            let kept = (1..).map(|k| dir.join(format!("tandemd.log.{k}"))).find(|p| !p.exists());
+            std::fs::rename(&log, kept.expect("a free name")).expect("keep the old tandemd log");
+        }
+        let name = self.process_name[i].clone();
+        let level = self.log_level.clone();
+        start_tandemd_as(&mut self.gw[i], dir, &toml, &name, &level)
+    }
+
+    /// Node `i`'s whole configuration file: the nodes' common part and its `[ha]` table.
+    fn node_toml(&self, i: usize, role: &str) -> String {
         let n = self.nodes.as_ref().expect("start_nodes first");
-        let dir = n.dirs[i].clone();
         let socket = self.node_socket(i).to_str().expect("utf-8 path").to_string();
         let base = match &n.toml {
             Some(t) => t.replace(SOCKET_PLACEHOLDER, &socket),
@@ -286,19 +299,23 @@ impl Cluster {
                 c.toml()
             }
         };
-        let toml = format!(
-            "{}\n{}",
-            base,
-            ha_toml(i as u8 + 1, SYNC[i], SYNC[1 - i], role, &n.keys[i], &n.pins[1 - i], &n.ha_extra)
-        );
-        let log = dir.join("tandemd.log");
-        if log.exists() {
-            let kept = (1..).map(|k| dir.join(format!("tandemd.log.{k}"))).find(|p| !p.exists());
-            std::fs::rename(&log, kept.expect("a free name")).expect("keep the old tandemd log");
-        }
-        let name = self.process_name[i].clone();
-        let level = self.log_level.clone();
-        start_tandemd_as(&mut self.gw[i], dir, &toml, &name, &level)
+        let ha = ha_toml(i as u8 + 1, SYNC[i], SYNC[1 - i], role, &n.keys[i], &n.pins[1 - i], &n.ha_extra);
+        format!("{base}\n{ha}")
+    }
+
+    /// Change the nodes' common configuration (as `start_nodes_toml`: everything but `[ha]`, the
+    /// socket as `SOCKET_PLACEHOLDER`). Nothing is applied: `reload_node` or `start_node` does.
+    pub fn set_nodes_toml(&mut self, toml: &str) {
+        assert!(toml.contains(SOCKET_PLACEHOLDER), "the configuration has no {SOCKET_PLACEHOLDER}");
+        self.nodes.as_mut().expect("start_nodes first").toml = Some(toml.to_string());
+    }
+
+    /// Write the current configuration (`set_nodes_toml`) to running node `i`'s file and apply it
+    /// with `tandemctl reload`. `role`: the `initial-role` written (a reload does not change it).
+    /// Returns tandemctl's output.
+    pub fn reload_node(&self, i: usize, t: &Tandemd, role: &str) -> std::process::Output {
+        std::fs::write(t.dir.join("tandem.toml"), self.node_toml(i, role)).expect("write config");
+        t.ctl(&["--json", "reload"])
     }
 
     /// `kill -9` a node's tandemd (by the PID we started; checked to be that node's tandemd),

@@ -195,7 +195,23 @@ impl EngineTask {
                     }
                 }
             }
+            self.apply_renumbered_reqids();
             self.flush().await;
+        }
+    }
+
+    /// HA standby: mirroring gave CHILD SA configurations the active node's reqids
+    /// (`Endpoint::take_reqids_renumbered`): the dataplane's policies, trap routes and route-based
+    /// interfaces are applied again under the new numbers, so that after a takeover they match the
+    /// mirrored CHILD SAs. Put off while a bulk transfer comes in (one pass at its end, not one per
+    /// SA); a takeover ends the bulk, so it never runs with the old numbers.
+    fn apply_renumbered_reqids(&mut self) {
+        if self.ha.as_ref().is_some_and(|h| h.receiving_bulk()) || !self.endpoint.take_reqids_renumbered() {
+            return;
+        }
+        if let Some(esp) = &mut self.esp {
+            info!(target: "ha", "CHILD SA configurations renumbered as the active node numbers them: policies applied again");
+            esp.configure(&self.config, &mut self.endpoint);
         }
     }
 
@@ -402,6 +418,9 @@ impl EngineTask {
         }
         self.endpoint.set_peers(now, peers_for(&new), new.psks());
         self.config = new;
+        if let Some(ha) = &mut self.ha {
+            ha.config_changed(&self.config);
+        }
         if let Some(esp) = &mut self.esp {
             esp.configure(&self.config, &mut self.endpoint);
         }

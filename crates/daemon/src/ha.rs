@@ -80,6 +80,9 @@ pub struct HaStatus {
     /// The other node's configuration digest matches ours (None before its Hello).
     pub config_match: Option<bool>,
     pub config_digest: String,
+    /// Times the other node's digest was found to differ from ours (at its Hello, or when either
+    /// node reloaded).
+    pub config_mismatches: u64,
     /// IKE SAs mirrored here (standby) or run here (active).
     pub ike_sas: usize,
     /// Active: sync messages not yet acknowledged.
@@ -136,8 +139,10 @@ pub struct Ha {
     /// Standby: the latest ack not yet taken by the link (acks are cumulative: one is enough).
     pending_ack: Option<u64>,
     generation: u64,
+    /// This node's configuration digest (`Config::cluster_digest`), and the other node's last.
     digest: [u8; 32],
-    config_match: Option<bool>,
+    peer_digest: Option<[u8; 32]>,
+    config_mismatches: u64,
     last_sync: Option<Instant>,
     takeovers: u64,
     last_takeover: Option<Takeover>,
@@ -193,7 +198,8 @@ impl Ha {
             pending_ack: None,
             generation: 0,
             digest: *config.cluster_digest().public(),
-            config_match: None,
+            peer_digest: None,
+            config_mismatches: 0,
             last_sync: None,
             takeovers: 0,
             last_takeover: None,
@@ -207,6 +213,11 @@ impl Ha {
             resumes: HashMap::new(),
             replay: ReplayTrigger::new(s_time, s_packets),
         }))
+    }
+
+    /// Standby: a bulk transfer is coming in (the link is up and the mirror not complete yet).
+    pub fn receiving_bulk(&self) -> bool {
+        !self.active_role && self.link_up && !self.standby.in_sync()
     }
 
     /// The HA tick has work: leases and replay windows (active), or a handover to watch.
@@ -402,6 +413,39 @@ impl Ha {
         self.send(&m);
     }
 
+    /// The configuration was reloaded: a new digest, told to the other node.
+    pub fn config_changed(&mut self, config: &Config) {
+        let digest = *config.cluster_digest().public();
+        if digest == self.digest {
+            return;
+        }
+        self.digest = digest;
+        info!(target: "ha", "configuration digest changed: telling the other node");
+        if self.link_up {
+            self.send(&SyncMsg::Config { config_digest: digest });
+        }
+        if let Some(peer) = self.peer_digest {
+            self.report_config_match(peer);
+        }
+    }
+
+    /// The other node's configuration digest, from its Hello or a `Config` message.
+    fn peer_config(&mut self, digest: [u8; 32]) {
+        if self.peer_digest != Some(digest) {
+            self.peer_digest = Some(digest);
+            self.report_config_match(digest);
+        }
+    }
+
+    fn report_config_match(&mut self, peer: [u8; 32]) {
+        if peer == self.digest {
+            info!(target: "ha", "the nodes' configurations agree (digest match)");
+        } else {
+            self.config_mismatches += 1;
+            warn!(target: "ha", "the other node's configuration differs from ours (digest mismatch)");
+        }
+    }
+
     /// An event of the sync link. Returns what the protocol released.
     pub fn link_event(
         &mut self,
@@ -440,12 +484,9 @@ impl Ha {
             }
             LinkEvent::Message { bytes, .. } => match SyncMsg::decode(&bytes) {
                 Err(e) => warn!(target: "ha", "undecodable sync message: {e}"),
+                Ok(SyncMsg::Config { config_digest }) => self.peer_config(config_digest),
                 Ok(SyncMsg::Hello { node_id, role, config_digest, .. }) => {
-                    let same = config_digest == self.digest;
-                    self.config_match = Some(same);
-                    if !same {
-                        warn!(target: "ha", peer = node_id, "the other node's configuration differs from ours (digest mismatch)");
-                    }
+                    self.peer_config(config_digest);
                     self.peer_standby = role == Role::Standby;
                     self.peer_active = role == Role::Active;
                     if !self.peer_active {
@@ -698,7 +739,8 @@ impl Ha {
             peer,
             link_up: self.link_up,
             link_generation: self.generation,
-            config_match: self.config_match,
+            config_match: self.peer_digest.map(|d| d == self.digest),
+            config_mismatches: self.config_mismatches,
             config_digest: self.digest.iter().map(|b| format!("{b:02x}")).collect(),
             ike_sas: endpoint.ike_sas().len(),
             lag_messages: self.active.lag(),

@@ -49,6 +49,9 @@ pub enum SyncMsg {
     /// forwarding traffic that reaches it while the addresses move); the new active resumes just
     /// above. Last variant: the encoding of the others is unchanged.
     Handover { seq: u64, last: Vec<(u32, u64)> },
+    /// Either way, unnumbered: the sender's configuration digest changed (a reload) since its
+    /// Hello. Appended last for the same reason as `Handover`.
+    Config { config_digest: [u8; 32] },
 }
 
 impl SyncMsg {
@@ -62,7 +65,7 @@ impl SyncMsg {
             | SyncMsg::Lease { seq, .. }
             | SyncMsg::Replay { seq, .. }
             | SyncMsg::Handover { seq, .. } => Some(*seq),
-            SyncMsg::Hello { .. } | SyncMsg::Ack { .. } => None,
+            SyncMsg::Hello { .. } | SyncMsg::Ack { .. } | SyncMsg::Config { .. } => None,
         }
     }
 
@@ -113,6 +116,7 @@ mod tests {
             SyncMsg::Replay { seq: 6, spi_in: 7, window: 128, top: 1000, bitmap: vec![u64::MAX, 3] },
             SyncMsg::Ack { seq: u64::MAX },
             SyncMsg::Handover { seq: 8, last: vec![(7, 1 << 33), (9, 17)] },
+            SyncMsg::Config { config_digest: [3; 32] },
         ];
         for m in msgs {
             assert_eq!(SyncMsg::decode(&m.encode()).unwrap(), m);

@@ -139,7 +139,7 @@ impl StandbySync {
                 self.handed_over.extend(last);
                 self.handover = true;
             }
-            SyncMsg::Hello { .. } | SyncMsg::Ack { .. } => {}
+            SyncMsg::Hello { .. } | SyncMsg::Ack { .. } | SyncMsg::Config { .. } => {}
         }
         self.applied = seq;
         self.stats.applied += 1;

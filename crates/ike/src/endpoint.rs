@@ -49,7 +49,11 @@ pub struct Stats {
     pub half_open_dropped: u64,
     /// Datagrams that reached this node while it was an HA standby (it must not answer them).
     pub standby_dropped: u64,
-    /// Mirrored CHILD SAs whose configuration reqid differs on this node (see `Reqids::pin`).
+    /// Standby: CHILD SA configurations renumbered to the active node's reqids (`Reqids::adopt`;
+    /// the nodes' reload histories differ).
+    pub reqids_adopted: u64,
+    /// Mirrored CHILD SAs whose reqid this node could not take (another mirrored CHILD SA holds
+    /// it; see `Reqids::adopt`).
     pub reqid_conflicts: u64,
     /// RFC 6311 Message ID syncs this node started (takeovers from a stale mirror).
     pub mid_syncs_sent: u64,
@@ -89,6 +93,8 @@ pub struct Endpoint {
     pub(crate) events: VecDeque<Event>,
     pub(crate) observer: Option<Box<dyn SaObserver>>,
     pub(crate) reqids: crate::reqid::Reqids,
+    /// Standby: mirroring renumbered a configuration (`take_reqids_renumbered`).
+    pub(crate) reqids_renumbered: bool,
     pub(crate) spis: SpiAllocator,
     pub(crate) cookie_secret: [u8; 32],
     pub(crate) stats: Stats,
@@ -140,6 +146,7 @@ impl Endpoint {
             events: VecDeque::new(),
             observer: None,
             reqids: Default::default(),
+            reqids_renumbered: false,
             cookie_secret,
             stats: Stats::default(),
             last_invalid_spi: HashMap::new(),

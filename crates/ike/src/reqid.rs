@@ -15,6 +15,17 @@ use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 /// Released instance reqids kept out of use before the oldest is reused.
 pub const INSTANCE_QUARANTINE: usize = 1024;
 
+/// What [`Reqids::adopt`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Adopted {
+    /// This node numbered it alike already.
+    Same,
+    /// This node's numbers changed (the daemon re-keys its policies).
+    Renumbered,
+    /// Refused: a mirrored instance CHILD SA holds the number.
+    Conflict,
+}
+
 #[derive(Debug, Default)]
 pub struct Reqids {
     by_name: HashMap<(String, String), u32>,
@@ -59,29 +70,51 @@ impl Reqids {
     }
 
     /// HA standby: instance reqid `r` is held by a CHILD SA mirrored from the active node, so it
-    /// is never handed out here.
-    pub fn claim_instance(&mut self, r: u32) {
+    /// is never handed out here. A configuration this node numbered `r` moves to a new number
+    /// (returns true: the daemon re-keys its policies).
+    pub fn claim_instance(&mut self, r: u32) -> bool {
+        let moved = self.evict(r);
         self.instance_free.retain(|&x| x != r);
         self.free.remove(&r);
         self.next = self.next.max(r);
         self.instances.insert(r);
+        moved
     }
 
-    /// HA standby: the active node numbers `vpn`/`child` as `r`. Returns false (and changes
-    /// nothing) when this node already gave `r` or the pair a different number (their reload
-    /// histories differ; the daemon reports it).
-    pub fn pin(&mut self, vpn: &str, child: &str, r: u32) -> bool {
+    /// HA standby: the active node numbers `vpn`/`child` as `r`, and this node takes that number
+    /// for it, so that after a takeover the mirrored CHILD SAs and this node's policies and trap
+    /// routes agree. The two nodes' numberings differ when their reload histories do: a node that
+    /// learnt a configuration by reload numbers it after those it had, one that starts with the
+    /// same file numbers it in file order. A configuration this node had numbered `r` moves to a
+    /// new number (the active's own number for it will move it again when one of its SAs is
+    /// mirrored).
+    pub fn adopt(&mut self, vpn: &str, child: &str, r: u32) -> Adopted {
         let key = (vpn.to_string(), child.to_string());
-        if let Some(&mine) = self.by_name.get(&key) {
-            return mine == r;
+        if self.by_name.get(&key) == Some(&r) {
+            return Adopted::Same;
         }
-        if self.by_name.values().any(|&x| x == r) || self.instances.contains(&r) {
-            return false;
+        if self.instances.contains(&r) {
+            // A mirrored instance holds it: the active numbers both alike, which it never does
+            // while it runs; the newer mirror of the two will correct this node.
+            return Adopted::Conflict;
+        }
+        self.evict(r);
+        if let Some(old) = self.by_name.insert(key, r) {
+            self.free.insert(old);
         }
         self.free.remove(&r);
         self.instance_free.retain(|&x| x != r);
         self.next = self.next.max(r);
-        self.by_name.insert(key, r);
+        Adopted::Renumbered
+    }
+
+    /// The configuration this node numbered `r`, if any, gets a new number.
+    fn evict(&mut self, r: u32) -> bool {
+        let Some(key) = self.by_name.iter().find(|(_, &x)| x == r).map(|(k, _)| k.clone()) else {
+            return false;
+        };
+        self.next += 1;
+        self.by_name.insert(key, self.next);
         true
     }
 
@@ -117,15 +150,41 @@ mod tests {
     #[test]
     fn mirrored_reqids_are_never_handed_out_again() {
         let mut r = Reqids::default();
-        assert!(r.pin("v", "net", 5));
+        assert_eq!(r.adopt("v", "net", 5), Adopted::Renumbered);
         assert_eq!(r.get("v", "net"), 5);
-        assert!(r.pin("v", "net", 5), "the same number again is fine");
-        assert!(!r.pin("v", "net", 6), "a different number for a known pair is a conflict");
-        assert!(!r.pin("w", "net", 5), "a number another pair holds is a conflict");
-        r.claim_instance(9);
+        assert_eq!(r.adopt("v", "net", 5), Adopted::Same, "the same number again");
+        assert!(!r.claim_instance(9));
+        assert_eq!(r.adopt("w", "net", 9), Adopted::Conflict, "a mirrored instance holds 9");
         let mut fresh: BTreeSet<u32> = (0..20).map(|_| r.instance()).collect();
         fresh.extend((0..5).map(|i| r.get("x", &i.to_string())));
         assert!(!fresh.contains(&9) && !fresh.contains(&5), "{fresh:?}");
+    }
+
+    #[test]
+    fn a_standby_takes_the_active_numbering_whatever_its_reload_history() {
+        // The active had c1 and c3, then learnt c2 by reload: c1=1, c3=2, c2=3. The standby started
+        // with the new file: c1=1, c2=2, c3=3.
+        let mut active = Reqids::default();
+        let _ = (active.get("v", "c1"), active.get("v", "c3"), active.get("v", "c2"));
+        let mut standby = Reqids::default();
+        let _ = (standby.get("v", "c1"), standby.get("v", "c2"), standby.get("v", "c3"));
+        for child in ["c3", "c1", "c2"] {
+            let r = active.get("v", child);
+            let did = standby.adopt("v", child, r);
+            assert_ne!(did, Adopted::Conflict, "{child}");
+        }
+        for child in ["c1", "c2", "c3"] {
+            assert_eq!(standby.get("v", child), active.get("v", child), "{child}");
+        }
+        // A trap-only configuration the active has no SA of keeps a number of its own, unique.
+        let t = standby.get("v", "trap");
+        assert!(![1, 2, 3].contains(&t), "{t}");
+        // An instance the active numbers like one of this node's configurations moves it.
+        let trap = standby.get("v", "trap");
+        assert!(standby.claim_instance(trap));
+        assert_ne!(standby.get("v", "trap"), trap);
+        let fresh: BTreeSet<u32> = (0..5).map(|_| standby.instance()).collect();
+        assert!(!fresh.contains(&trap) && !fresh.contains(&standby.get("v", "trap")), "{fresh:?}");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 use crate::api::{Event, IkeSaId};
 use crate::endpoint::{Endpoint, EngineError};
+use crate::reqid::Adopted;
 use crate::sa::SaState;
 use crate::snapshot::{self, SnapshotError};
 use std::time::Instant;
@@ -30,6 +31,13 @@ pub struct Takeover {
 }
 
 impl Endpoint {
+    /// Standby: whether mirroring changed this node's reqids since the last call (see
+    /// `Reqids::adopt`). The daemon then applies its policies, trap routes and route-based
+    /// interfaces again (`reqid` answers with the new numbers).
+    pub fn take_reqids_renumbered(&mut self) -> bool {
+        std::mem::take(&mut self.reqids_renumbered)
+    }
+
     /// Become an HA standby: from now on the endpoint only mirrors. Call it before anything else
     /// happens on a node that boots as standby (no vpn is started, no timer runs).
     pub fn set_standby(&mut self) {
@@ -77,12 +85,28 @@ impl Endpoint {
         }
         let instance = sa.vpn.as_deref().and_then(|v| self.peer(v)).is_some_and(|p| p.reqid_per_sa);
         for c in &sa.children {
-            if instance {
-                self.reqids.claim_instance(c.reqid);
-            } else if !self.reqids.pin(sa.vpn.as_deref().unwrap_or_default(), &c.name, c.reqid) {
-                self.stats.reqid_conflicts += 1;
-                warn!(target: "ike", vpn = ?sa.vpn, child = %c.name, reqid = c.reqid,
-                      "the active node numbers this CHILD SA configuration differently (different reload histories)");
+            let adopted = if instance {
+                if self.reqids.claim_instance(c.reqid) {
+                    Adopted::Renumbered
+                } else {
+                    Adopted::Same
+                }
+            } else {
+                self.reqids.adopt(sa.vpn.as_deref().unwrap_or_default(), &c.name, c.reqid)
+            };
+            match adopted {
+                Adopted::Same => {}
+                Adopted::Renumbered => {
+                    self.stats.reqids_adopted += 1;
+                    self.reqids_renumbered = true;
+                    info!(target: "ike", vpn = ?sa.vpn, child = %c.name, reqid = c.reqid,
+                          "numbering CHILD SA configurations as the active node does (their reload histories differ)");
+                }
+                Adopted::Conflict => {
+                    self.stats.reqid_conflicts += 1;
+                    warn!(target: "ike", vpn = ?sa.vpn, child = %c.name, reqid = c.reqid,
+                          "the active node's reqid for this CHILD SA configuration is held by another mirrored CHILD SA");
+                }
             }
         }
         self.sas.commit(sa);
