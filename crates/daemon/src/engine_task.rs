@@ -292,13 +292,28 @@ impl EngineTask {
         if let Some(ha) = self.ha.as_mut() {
             ha.observe();
         }
+        // HA: the CHILD SAs of one flush (a takeover's thousands) go to the dataplane as one
+        // batch, installed before any later event that acts on the dataplane is applied.
+        let mut resumed = Vec::new();
         while let Some(e) = self.endpoint.poll_event() {
+            let e = match (e, self.ha.as_mut()) {
+                (Event::ChildSaUp(c), Some(ha)) if self.esp.is_some() => {
+                    let r = ha.installing(&c, &self.endpoint);
+                    resumed.push((*c, r));
+                    continue;
+                }
+                (e, _) => e,
+            };
+            // What acts on the dataplane waits for the batch before it (an SA removed or moved
+            // on after its install); log-only events do not end a batch.
+            if let (Event::ChildSaDown { .. } | Event::OutboundSeqAdvance { .. }, Some(esp)) =
+                (&e, self.esp.as_mut())
+            {
+                esp.install_resumed(&std::mem::take(&mut resumed));
+            }
             match e {
                 Event::ChildSaUp(c) => match &mut self.esp {
-                    Some(esp) => match self.ha.as_mut() {
-                        Some(ha) => esp.install_resumed(&c, ha.installing(&c, &self.endpoint)),
-                        None => esp.install(&c),
-                    },
+                    Some(esp) => esp.install(&c),
                     None => info!(target: "esp", vpn = %c.vpn, spi_in = format_args!("{:#010x}", c.spi_in),
                                   "CHILD SA up (dataplane disabled: not installed)"),
                 },
@@ -321,6 +336,9 @@ impl EngineTask {
                           "outbound sequence numbers moved on for the peer's replay counter sync");
                 }
             }
+        }
+        if let Some(esp) = self.esp.as_mut() {
+            esp.install_resumed(&resumed);
         }
         let now = Instant::now();
         while let Some(t) = self.endpoint.poll_transmit() {
