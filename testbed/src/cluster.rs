@@ -601,6 +601,16 @@ pub fn ha_set_state(t: &Tandemd, state: &str) -> Result<Value, String> {
     serde_json::from_slice(&o.stdout).map_err(|e| format!("ha set-state JSON: {e}"))
 }
 
+/// Which node is active, when exactly one is and the other is standby (None otherwise). Tests
+/// driven by keepalived ask this rather than assume it: at 10 ms adverts on a loaded 2-core host,
+/// a BACKUP that misses three adverts becomes MASTER, and at equal priority the higher address
+/// (node 2) then keeps the VIPs (seen in CI: node 2 active before the tunnel came up).
+pub fn sole_active(nodes: [&Tandemd; 2]) -> Option<usize> {
+    let roles = nodes.map(|t| ha_status(t)["role"].as_str().unwrap_or("").to_string());
+    let a = roles.iter().position(|r| r == "active")?;
+    (roles[1 - a] == "standby").then_some(a)
+}
+
 pub fn hex64(v: &Value) -> String {
     format!("{:016x}", v.as_u64().unwrap_or(0))
 }

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tandem_testbed::charon::Charon;
 use tandem_testbed::cluster::{
     at_charon, charon_view, cluster_conf, ha_set_state, ha_status, in_dataplane, largest_gap, peer_conf,
-    reply_times, settled, tail, AddrEvent, AddrMonitor, BackgroundPing, Cluster, Sas, CLUSTER_INNER,
-    HA_GROUP, LAN_VIP, PEER_INNER, VIP,
+    reply_times, settled, sole_active, tail, AddrEvent, AddrMonitor, BackgroundPing, Cluster, Sas,
+    CLUSTER_INNER, HA_GROUP, LAN_VIP, PEER_INNER, VIP,
 };
 use tandem_testbed::probe::ping_until_reply;
 use tandem_testbed::replay::{self, EspRecorder};
@@ -418,12 +418,20 @@ fn keepalived_cluster() -> Option<KaCluster> {
     // charon initiates to the VIP (served by the MASTER); the standby mirrors the IKE SA.
     let out = k.c.initiate();
     assert!(out.status.success(), "charon initiate: {}\n{}", String::from_utf8_lossy(&out.stdout), k.logs());
-    let mut sas = None;
+    // Whichever node is active once the tunnel is up (`sole_active`: VRRP may still elect node 2
+    // on its own, after the checks above; seen in CI) is the one the tests kill.
+    let (mut sas, mut a) = (None, a);
     wait_until(WAIT, POLL, || {
+        let Some(x) = sole_active([k.node(0), k.node(1)]) else { return false };
+        a = x;
         sas = settled(k.node(a), &k.c);
         sas.is_some()
     });
     k.sas = sas.unwrap_or_else(|| panic!("not established on charon and node {}\n{}", a + 1, k.logs()));
+    if a != 0 {
+        eprintln!("keepalived: VRRP elected node 2 on its own before the tunnel came up; it is the active");
+    }
+    k.active = a;
     let mirrored = wait_until(WAIT, POLL, || {
         let s = ha_status(k.node(1 - a));
         s["ike_sas"] == 1 && s["peer"] == "in-sync"
