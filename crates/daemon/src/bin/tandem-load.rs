@@ -24,7 +24,7 @@
 
 use clap::Parser;
 use serde_json::json;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc};
@@ -208,6 +208,8 @@ fn run(a: &Args) -> Result<(), String> {
     let mut began: HashMap<u64, Instant> = HashMap::new();
     let mut latencies: Vec<Duration> = Vec::with_capacity(a.count);
     let mut tally = Tally::default();
+    // Why handshakes failed, by the engine's message: a figure without its cause says little.
+    let mut failures: BTreeMap<String, usize> = BTreeMap::new();
     let mut last_progress = start;
     while up + failed < a.count && Instant::now() < give_up {
         let now = Instant::now();
@@ -216,7 +218,10 @@ fn run(a: &Args) -> Result<(), String> {
                 Ok(id) => {
                     began.insert(id, now);
                 }
-                Err(_) => failed += 1,
+                Err(e) => {
+                    failed += 1;
+                    *failures.entry(format!("initiate: {e}")).or_default() += 1;
+                }
             }
             started += 1;
         }
@@ -230,7 +235,10 @@ fn run(a: &Args) -> Result<(), String> {
                         latencies.push(now.duration_since(t0));
                     }
                 }
-                Event::Failure { .. } => failed += 1,
+                Event::Failure { message, .. } => {
+                    failed += 1;
+                    *failures.entry(message).or_default() += 1;
+                }
                 e => tally.count(&e),
             }
         }
@@ -256,7 +264,7 @@ fn run(a: &Args) -> Result<(), String> {
         json!({
             "count": a.count, "established": up, "failed": failed, "elapsed_s": elapsed,
             "rate_per_s": up as f64 / elapsed, "latency_ms_p50": pct(0.5), "latency_ms_p99": pct(0.99),
-            "child_sas": io.esp.pairs.len(),
+            "child_sas": io.esp.pairs.len(), "failures": failures,
         })
     );
     if a.hold > 0 {
