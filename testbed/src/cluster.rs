@@ -611,6 +611,13 @@ pub fn sole_active(nodes: [&Tandemd; 2]) -> Option<usize> {
     (roles[1 - a] == "standby").then_some(a)
 }
 
+/// Whether gateway `i` routes `dst` into its TUN (`tandem0`): `ip route get` for a packet
+/// without tandem's fwmark, so through tandem's policy-routing table as protected traffic is.
+pub fn routed_into_tun(cl: &Cluster, i: usize, dst: &str) -> bool {
+    let out = cl.gw[i].exec("ip", &["-4", "route", "get", dst]);
+    String::from_utf8_lossy(&out.stdout).contains(" dev tandem0 ")
+}
+
 pub fn hex64(v: &Value) -> String {
     format!("{:016x}", v.as_u64().unwrap_or(0))
 }

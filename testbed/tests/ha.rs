@@ -6,8 +6,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tandem_testbed::charon::Charon;
 use tandem_testbed::cluster::{
     at_charon, charon_view, cluster_conf, ha_set_state, ha_status, in_dataplane, largest_gap, peer_conf,
-    reply_times, settled, sole_active, tail, AddrEvent, AddrMonitor, BackgroundPing, Cluster, Sas,
-    CLUSTER_INNER, HA_GROUP, LAN_VIP, PEER_INNER, VIP,
+    reply_times, routed_into_tun, settled, sole_active, tail, AddrEvent, AddrMonitor, BackgroundPing,
+    Cluster, Sas, CLUSTER_INNER, HA_GROUP, LAN_VIP, PEER_INNER, VIP,
 };
 use tandem_testbed::probe::ping_until_reply;
 use tandem_testbed::replay::{self, EspRecorder};
@@ -147,6 +147,11 @@ fn hot_failover_keeps_strongswans_sas() {
         before.unwrap_or_else(|| panic!("not established on charon and node 1\n{}", logs(&[&t1, &t2], &c)));
     let mirrored = wait_until(WAIT, POLL, || status_field(&t2, "ike_sas") == 1);
     assert!(mirrored, "node 2 did not mirror the IKE SA: {}\n{}", ha_status(&t2), logs(&[&t1, &t2], &c));
+    // The standby routes the mirrored CHILD SA's remote selectors into its TUN already (the
+    // takeover then does not wait for netlink), and has no SA in its dataplane to seal with.
+    let routed = wait_until(WAIT, POLL, || routed_into_tun(&cl, 1, PEER_INNER));
+    assert!(routed, "standby node 2 does not route {PEER_INNER} into its TUN\n{}", logs(&[&t2], &c));
+    assert!(t2.ipsec_sas().is_empty(), "standby node 2 has SAs in its dataplane: {:?}", t2.ipsec_sas());
     assert!(
         ping_until_reply(&cl.peer, PEER_INNER, CLUSTER_INNER, WAIT),
         "no traffic through node 1\n{}",

@@ -27,7 +27,7 @@
 use std::time::Duration;
 use tandem_testbed::charon::Charon;
 use tandem_testbed::cluster::{
-    cluster_conf, ha_set_state, ha_status, tail, Cluster, PEER_WAN, SOCKET_PLACEHOLDER, VIP,
+    cluster_conf, ha_set_state, ha_status, routed_into_tun, tail, Cluster, PEER_WAN, SOCKET_PLACEHOLDER, VIP,
 };
 use tandem_testbed::probe::ping_until_reply;
 use tandem_testbed::tandemd::Tandemd;
@@ -152,6 +152,19 @@ fn await_mirrored(t: &Tandemd, ike: usize, n: usize, c: &Charon, what: &str) {
     assert!(ok, "{what}: node 2 does not mirror {n} CHILD SAs: {:?}\n{}", t.child_sas(), logs(&[t], c));
 }
 
+/// Standby node 2 routes each CHILD SA configuration's remote addresses into its TUN, or not,
+/// as `want` says (the routes of mirrored CHILD SAs: docs/ha.md, takeover order).
+fn await_standby_routes(cl: &Cluster, want: &[(&str, bool)], t: &Tandemd, c: &Charon, what: &str) {
+    let dst = |name: &str| {
+        let (.., r) = CHILDREN.iter().find(|(_, n, ..)| *n == name).expect("a CHILD SA configuration");
+        format!("10.99.{r}.1")
+    };
+    let ok =
+        wait_until(WAIT, POLL, || want.iter().all(|&(n, routed)| routed_into_tun(cl, 1, &dst(n)) == routed));
+    let now: Vec<(&str, bool)> = want.iter().map(|&(n, _)| (n, routed_into_tun(cl, 1, &dst(n)))).collect();
+    assert!(ok, "{what}: standby routes into its TUN {now:?}, want {want:?}\n{}", logs(&[t], c));
+}
+
 fn reload(cl: &Cluster, i: usize, t: &Tandemd, role: &str) {
     let out = cl.reload_node(i, t, role);
     assert!(out.status.success(), "node {} reload: {}", i + 1, String::from_utf8_lossy(&out.stderr));
@@ -177,10 +190,19 @@ fn vpn_added_by_reload_survives_restart_and_failover() {
         wait_until(WAIT, POLL, || ha_status(&t1)["peer"] == "in-sync" && ha_status(&t2)["peer"] == "in-sync");
     assert!(in_sync, "nodes not in sync\n{}", logs(&[&t1, &t2], &c));
 
-    // 1. c1 and c3 up, mirrored.
+    // 1. c1 and c3 up, mirrored, and routed into the standby's TUN ahead of a takeover; c3
+    //    closed by charon takes its route off the standby, opened again puts it back.
     initiate(&c, "c1", &[&t1, &t2]);
     initiate(&c, "c3", &[&t1, &t2]);
     await_mirrored(&t2, 1, 2, &c, "before the reload");
+    await_standby_routes(&cl, &[("c1", true), ("c3", true)], &t2, &c, "c1 and c3 mirrored");
+    let out = c.swanctl(&["--terminate", "--child", "c3", "--timeout", "20"]);
+    assert!(out.status.success(), "charon terminate c3: {}", String::from_utf8_lossy(&out.stdout));
+    await_mirrored(&t2, 1, 1, &c, "c3 closed");
+    await_standby_routes(&cl, &[("c1", true), ("c3", false)], &t2, &c, "c3 closed");
+    initiate(&c, "c3", &[&t1, &t2]);
+    await_mirrored(&t2, 1, 2, &c, "c3 opened again");
+    await_standby_routes(&cl, &[("c1", true), ("c3", true)], &t2, &c, "c3 opened again");
 
     // 2. c2 added by reload, node 1 first.
     cl.set_nodes_toml(&config(&["c1", "c2", "c3"]));
@@ -210,6 +232,8 @@ fn vpn_added_by_reload_survives_restart_and_failover() {
         wait_until(WAIT, POLL, || ha_status(&t2)["peer"] == "in-sync" && ha_status(&t1)["peer"] == "in-sync");
     assert!(rejoined, "node 2 did not rejoin: {}\n{}", ha_status(&t2), logs(&[&t1, &t2], &c));
     await_mirrored(&t2, 2, 3, &c, "after node 2's restart");
+    let all = [("c1", true), ("c2", true), ("c3", true)];
+    await_standby_routes(&cl, &all, &t2, &c, "after node 2's restart");
     assert_eq!(ha_status(&t2)["config_match"], true, "{}", ha_status(&t2));
 
     // 4. failover to node 2.

@@ -13,7 +13,7 @@ use tandem_dataplane::tandem_esp::sa::{ChildSaSpec, KeyMaterial, Mode};
 use tandem_dataplane::tandem_esp::spd::{Policy, PolicyAction};
 use tandem_dataplane::{DataplaneConfig, DataplaneHandle, EventReceiver, TunConfig, WorkerLayout};
 use tandem_ike::config::{DeadPeerAction, IpsecMode, StartAction};
-use tandem_ike::{ChildSaInstall, DownReason, Endpoint};
+use tandem_ike::{ChildSaInstall, DownReason, Endpoint, MirroredRoute};
 use tandem_wire::TrafficSelector;
 use tracing::{info, warn};
 
@@ -48,6 +48,13 @@ pub struct Esp {
     policies: HashSet<u32>,
     /// Inbound SPIs of installed IKE CHILD SAs, by reqid (routes go when the last one does).
     live: HashMap<u32, HashSet<u32>>,
+    /// HA standby: the mirrored CHILD SAs (reqid, inbound SPI) of each mirrored IKE SA, and
+    /// their inbound SPIs by reqid. Their selectors are routed into the TUN already, so that a
+    /// takeover does not wait for netlink before its first packet (at 1,000 tunnels the routes
+    /// took 35-65 ms of the takeover); until then nothing seals (no SA is installed), so traffic
+    /// that reaches the standby is dropped in the dataplane instead of leaving in the clear.
+    standby_of: HashMap<u64, Vec<(u32, u32)>>,
+    standby_live: HashMap<u32, HashSet<u32>>,
     manual: Vec<InstalledManual>,
 }
 
@@ -143,6 +150,8 @@ impl Esp {
             interface_of: HashMap::new(),
             policies: HashSet::new(),
             live: HashMap::new(),
+            standby_of: HashMap::new(),
+            standby_live: HashMap::new(),
             manual: Vec::new(),
         };
         Ok((esp, rx))
@@ -198,9 +207,7 @@ impl Esp {
         }
         self.handle.replace_policies(&old_policies, new_policies);
         for reqid in old_traps {
-            if !self.traps.contains_key(&reqid) && self.live.get(&reqid).is_none_or(|l| l.is_empty()) {
-                self.routes.remove(reqid);
-            }
+            self.release_routes(reqid);
         }
         self.configure_manual(config, &mut wanted_ifaces);
         self.sync_interfaces(wanted_ifaces);
@@ -374,9 +381,59 @@ impl Esp {
         });
         if empty == Some(true) {
             self.live.remove(&reqid);
-            if !self.traps.contains_key(&reqid) && !self.interface_of.contains_key(&reqid) {
-                self.routes.remove(reqid);
+            self.release_routes(reqid);
+        }
+    }
+
+    /// Remove the routes of `reqid` unless something still needs them: a trap policy, an
+    /// installed CHILD SA or, on a standby, a mirrored one. (A route-based interface's reqid has
+    /// none: its interface routes.)
+    fn release_routes(&mut self, reqid: u32) {
+        let needed = self.traps.contains_key(&reqid)
+            || self.live.get(&reqid).is_some_and(|l| !l.is_empty())
+            || self.standby_live.contains_key(&reqid);
+        if !needed {
+            self.routes.remove(reqid);
+        }
+    }
+
+    /// HA standby: IKE SA `id` is mirrored with these CHILD SAs now (none: it is gone). Their
+    /// remote selectors are routed into the TUN like an installed SA's (see `standby_of`).
+    pub fn mirror_routes(&mut self, id: u64, children: &[MirroredRoute]) {
+        let mut released = Vec::new();
+        for (reqid, spi_in) in self.standby_of.remove(&id).unwrap_or_default() {
+            if let Some(l) = self.standby_live.get_mut(&reqid) {
+                l.remove(&spi_in);
+                if l.is_empty() {
+                    self.standby_live.remove(&reqid);
+                }
             }
+            released.push(reqid);
+        }
+        let mut now = Vec::new();
+        for c in children.iter().filter(|c| !self.interface_of.contains_key(&c.reqid)) {
+            self.standby_live.entry(c.reqid).or_default().insert(c.spi_in);
+            self.routes.ensure(c.reqid, &self.tun_name, &c.local_ts, &c.remote_ts);
+            now.push((c.reqid, c.spi_in));
+        }
+        if !now.is_empty() {
+            self.standby_of.insert(id, now);
+        }
+        for reqid in released {
+            self.release_routes(reqid);
+        }
+    }
+
+    /// HA: this node is active now; the SAs it took over are installed (their routes are theirs)
+    /// and the standby's bookkeeping goes, with the routes of any mirrored SA not installed.
+    pub fn mirror_routes_taken_over(&mut self) {
+        if self.standby_live.is_empty() {
+            return;
+        }
+        self.standby_of.clear();
+        let reqids: Vec<u32> = self.standby_live.drain().map(|(r, _)| r).collect();
+        for reqid in reqids {
+            self.release_routes(reqid);
         }
     }
 

@@ -183,6 +183,7 @@ impl EngineTask {
                             if let Some(ha) = self.ha.as_mut() {
                                 let r = ha.link_event(Instant::now(), ev, &mut self.endpoint, self.esp.as_ref());
                                 self.apply_released(r).await;
+                                self.route_mirrored();
                             }
                         }
                         None => ha_rx = None,
@@ -282,6 +283,14 @@ impl EngineTask {
         }
     }
 
+    /// HA standby: route the CHILD SAs of the IKE SAs whose mirror changed (`Esp::mirror_routes`).
+    fn route_mirrored(&mut self) {
+        let (Some(ha), Some(esp)) = (self.ha.as_mut(), self.esp.as_mut()) else { return };
+        for id in ha.take_mirror_changes() {
+            esp.mirror_routes(id, &self.endpoint.mirrored_routes(id));
+        }
+    }
+
     /// Apply what the engine decided, then send what it produced: the state behind a datagram
     /// must be in place before the datagram leaves. A CHILD SA's inbound half is installed before
     /// our CREATE_CHILD_SA response (the initiator sends on it as soon as it has the response) and
@@ -339,6 +348,9 @@ impl EngineTask {
         }
         if let Some(esp) = self.esp.as_mut() {
             esp.install_resumed(&resumed);
+            if self.ha.as_ref().is_some_and(|h| h.is_active()) {
+                esp.mirror_routes_taken_over();
+            }
         }
         let now = Instant::now();
         while let Some(t) = self.endpoint.poll_transmit() {

@@ -598,6 +598,16 @@ impl Ha {
         out
     }
 
+    /// Whether this node is the active one (runs its SAs).
+    pub fn is_active(&self) -> bool {
+        self.active_role
+    }
+
+    /// Standby: the IKE SAs whose mirror changed since the last call (`Esp::mirror_routes`).
+    pub fn take_mirror_changes(&mut self) -> Vec<u64> {
+        self.standby.take_mirror_changes()
+    }
+
     /// Become active: the engine runs every mirrored SA; the dataplane installs them resumed above
     /// every number the old active could have sealed.
     ///

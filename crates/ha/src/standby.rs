@@ -47,6 +47,9 @@ pub struct StandbySync {
     /// until `BulkDone` (then dropped: the active has them no more), so that a takeover in the
     /// middle of a resync still has every SA, most of them current.
     unconfirmed: HashSet<u64>,
+    /// IKE SAs mirrored, replaced or dropped since `take_mirror_changes`: the daemon routes their
+    /// CHILD SAs' selectors into the TUN ahead of a takeover.
+    changed: Vec<u64>,
     pub stats: StandbyStats,
 }
 
@@ -62,6 +65,7 @@ impl StandbySync {
             handover: false,
             handed_over: HashMap::new(),
             unconfirmed: HashSet::new(),
+            changed: Vec::new(),
             stats: StandbyStats::default(),
         }
     }
@@ -117,6 +121,7 @@ impl StandbySync {
             }
             SyncMsg::IkeSa { id, snapshot, .. } => {
                 self.unconfirmed.remove(&id);
+                self.changed.push(id);
                 if let Err(e) = ep.mirror(now, &snapshot) {
                     self.stats.snapshots_refused += 1;
                     warn!(target: "ha", sa = format_args!("{id:#018x}"), "snapshot not applied: {e}");
@@ -158,7 +163,17 @@ impl StandbySync {
         }
         for &id in ids {
             ep.unmirror(id);
+            self.changed.push(id);
         }
+    }
+
+    /// The IKE SAs whose mirror changed (mirrored, replaced or dropped) since the last call, each
+    /// once, in the order of their first change.
+    pub fn take_mirror_changes(&mut self) -> Vec<u64> {
+        let mut seen = HashSet::new();
+        let mut v = std::mem::take(&mut self.changed);
+        v.retain(|id| seen.insert(*id));
+        v
     }
 
     /// A planned switchover was applied (once): take over now, with the exact replay windows.

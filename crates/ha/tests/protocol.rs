@@ -543,6 +543,50 @@ fn takeover_resumes_above_every_sealed_number_and_keeps_the_peers_sas() {
     assert!(!bk[0].standby);
 }
 
+/// What the standby's daemon routes into its TUN ahead of a takeover (`take_mirror_changes`, then
+/// `mirrored_routes` per changed IKE SA) follows the mirror: the CHILD SA when it is mirrored, its
+/// successor after a rekey, nothing once the IKE SA is gone.
+#[test]
+fn the_standby_reports_every_mirror_change_for_its_routes() {
+    let mut c = up();
+    let mut routed: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
+    let mut follow = |c: &mut Cluster| {
+        for id in c.standby.take_mirror_changes() {
+            let spis: Vec<u32> = c.b.mirrored_routes(id).iter().map(|r| r.spi_in).collect();
+            if spis.is_empty() {
+                routed.remove(&id);
+            } else {
+                routed.insert(id, spis);
+            }
+        }
+        let mirrored: Vec<u32> = c.b.child_sas().iter().map(|k| k.spi_in).collect();
+        (routed.values().flatten().copied().collect::<Vec<u32>>(), mirrored)
+    };
+    let (r, m) = follow(&mut c);
+    assert_eq!((r.len(), &r), (1, &m), "the mirrored CHILD SA is reported");
+    assert!(c.standby.take_mirror_changes().is_empty(), "each change is reported once");
+    let old = r[0];
+    let now = c.now;
+    let spi = c.p.child_sas()[0].spi_in;
+    c.p.rekey_child_sa(now, spi).unwrap();
+    while let Some(t) = c.p.poll_transmit() {
+        c.wire.push_back((false, t));
+    }
+    c.run();
+    let (r, m) = follow(&mut c);
+    assert_eq!(r, m, "after the CHILD rekey");
+    assert!(r.len() == 1 && r[0] != old, "the rekeyed CHILD SA replaces {old:#x}: {r:?}");
+    let id = c.p.ike_sas()[0].id;
+    let now = c.now;
+    c.p.terminate_ike_sa(now, id).unwrap();
+    while let Some(t) = c.p.poll_transmit() {
+        c.wire.push_back((false, t));
+    }
+    c.run();
+    let (r, m) = follow(&mut c);
+    assert!(m.is_empty() && r.is_empty(), "the IKE SA deleted: routed {r:?}, mirrored {m:?}");
+}
+
 #[test]
 fn a_lost_sync_link_never_lets_a_takeover_reuse_a_sequence_number() {
     let mut c = up();

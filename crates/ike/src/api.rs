@@ -36,6 +36,17 @@ impl std::fmt::Debug for DirectionKeys {
     }
 }
 
+/// A mirrored CHILD SA as the dataplane will route it once this node takes it over: an HA
+/// standby routes these selectors into its TUN ahead of time (`Endpoint::mirrored_routes`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MirroredRoute {
+    pub reqid: u32,
+    pub spi_in: u32,
+    /// The selectors as installed (transport mode across a NAT: the outer addresses).
+    pub local_ts: Vec<TrafficSelector>,
+    pub remote_ts: Vec<TrafficSelector>,
+}
+
 /// Everything the ESP dataplane needs to install one CHILD SA (both directions).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChildSaInstall {

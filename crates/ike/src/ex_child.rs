@@ -177,6 +177,18 @@ impl Endpoint {
     }
 }
 
+/// The selectors the dataplane installs (and routes) for CHILD SA `c` of `sa`: (local, remote).
+/// Transport mode across a NAT (RFC 7296 section 2.23.1): the selectors name the hosts' own
+/// addresses, but packets carry the addresses seen on the wire, so the SA installed protects the
+/// outer addresses; the selectors on the wire (and in rekeys) stay as negotiated.
+pub(crate) fn dataplane_selectors(sa: &IkeSa, c: &ChildSa) -> (Vec<TrafficSelector>, Vec<TrafficSelector>) {
+    if c.mode == IpsecMode::Transport && (sa.nat_local || sa.nat_remote) {
+        (host_selectors(&c.local_ts, sa.local.ip()), host_selectors(&c.remote_ts, sa.remote.ip()))
+    } else {
+        (c.local_ts.clone(), c.remote_ts.clone())
+    }
+}
+
 /// What the dataplane needs to install CHILD SA `c` of `sa` (configured as `child`): at its
 /// negotiation, and again on an HA standby that takes the SA over.
 pub(crate) fn install_of(
@@ -186,15 +198,7 @@ pub(crate) fn install_of(
     defer_outbound: bool,
     iv_key: Zeroizing<Vec<u8>>,
 ) -> ChildSaInstall {
-    // Transport mode across a NAT (RFC 7296 section 2.23.1): the selectors name the hosts'
-    // own addresses, but packets carry the addresses seen on the wire. The SA installed here
-    // protects the outer addresses; the selectors on the wire (and in rekeys) stay as
-    // negotiated.
-    let (dp_local_ts, dp_remote_ts) = if c.mode == IpsecMode::Transport && (sa.nat_local || sa.nat_remote) {
-        (host_selectors(&c.local_ts, sa.local.ip()), host_selectors(&c.remote_ts, sa.remote.ip()))
-    } else {
-        (c.local_ts.clone(), c.remote_ts.clone())
-    };
+    let (dp_local_ts, dp_remote_ts) = dataplane_selectors(sa, c);
     ChildSaInstall {
         ike_sa: sa.id,
         vpn: sa.vpn.clone().unwrap_or_default(),

@@ -8,8 +8,9 @@
 //! the last snapshot left it, its outstanding request (if any) is sent again byte for byte, and
 //! the dataplane is told of every CHILD SA to install. The peer sees no new exchange.
 
-use crate::api::{Event, IkeSaId};
+use crate::api::{Event, IkeSaId, MirroredRoute};
 use crate::endpoint::{Endpoint, EngineError};
+use crate::ex_child::dataplane_selectors;
 use crate::reqid::Adopted;
 use crate::sa::SaState;
 use crate::snapshot::{self, SnapshotError};
@@ -146,6 +147,20 @@ impl Endpoint {
             .collect();
         v.sort_unstable();
         v
+    }
+
+    /// The CHILD SAs of mirrored IKE SA `id` with the selectors the dataplane will install for
+    /// them (none when `id` is not here). One SA's, not a listing of all: called for each SA
+    /// whose mirror changed.
+    pub fn mirrored_routes(&self, id: IkeSaId) -> Vec<MirroredRoute> {
+        let Some(sa) = self.sas.get(&id) else { return Vec::new() };
+        sa.children
+            .iter()
+            .map(|c| {
+                let (local_ts, remote_ts) = dataplane_selectors(sa, c);
+                MirroredRoute { reqid: c.reqid, spi_in: c.spi_in, local_ts, remote_ts }
+            })
+            .collect()
     }
 
     /// Standby: the active removed this SA. Returns whether it was mirrored here.
