@@ -23,7 +23,8 @@
 //! BENCH_HA_PROBE (50 tunnels probed), BENCH_HA_PROBE_MS (10), BENCH_HA_TPUT_RUNS (5),
 //! BENCH_HA_TPUT_SECONDS (5), BENCH_HA_BULK (10000), BENCH_HA_BYTES_TUNNELS (1000),
 //! BENCH_HA_REKEY (30: each CHILD SA rekeyed after 15-30 s), BENCH_HA_IDLE (8), BENCH_HA_REKEY_WINDOW
-//! (45), BENCH_HA_ONLY (comma-separated subset of "failover,throughput,bulk,bytes").
+//! (45), BENCH_HA_ONLY (comma-separated subset of "failover,throughput,bulk,bytes"),
+//! BENCH_HA_TPUT_HA_EXTRA (extra `[ha]` lines for the throughput runs' cluster, `\n` between them).
 #![forbid(unsafe_code)]
 
 use serde_json::Value;
@@ -323,7 +324,9 @@ fn throughput(sync: Sync, runs: usize, seconds: u32) -> TputRun {
             vec![Tandemd::start_logging(&mut cl.gw[0], dir, &c.toml(), "warn")]
         }
         Sync::On | Sync::StandbyAbsent => {
-            let [t1, t2] = cl.start_nodes(&conf, ["active", "standby"], "");
+            // Extra [ha] settings for experiments (e.g. "sync-period-packets = 0"); none by default.
+            let extra = std::env::var("BENCH_HA_TPUT_HA_EXTRA").unwrap_or_default().replace("\\n", "\n");
+            let [t1, t2] = cl.start_nodes(&conf, ["active", "standby"], &extra);
             let in_sync = wait_until(Duration::from_secs(20), POLL, || ha_status(&t1)["peer"] == "in-sync");
             assert!(in_sync, "not in sync: {}", ha_status(&t1));
             if sync == Sync::StandbyAbsent {
