@@ -14,7 +14,9 @@ use tandem_dataplane::tandem_esp::{ReplayState, Resume};
 use tandem_ha::active::PeerState;
 use tandem_ha::msg::Role;
 use tandem_ha::replay::ReplayTrigger;
-use tandem_ha::{place_child_sa, ActiveSync, BulkSa, Released, SharedExchanges, StandbySync, SyncMsg};
+use tandem_ha::{
+    place_child_sa, ActiveSync, BesideWatch, BulkSa, Released, SharedExchanges, StandbySync, SyncMsg,
+};
 use tandem_ha_link::{Channel, Link, LinkConfig, LinkEvent, LinkRx, LinkTx, NodeKey, Pin, SendError};
 use tandem_ike::{ChildSaInstall, Endpoint, IkeSaId, SaObserver, Takeover, Transmit};
 use tracing::{info, warn};
@@ -132,6 +134,8 @@ pub struct Ha {
     peer_standby: bool,
     /// The other node's last Hello said it is active.
     peer_active: bool,
+    /// While this node is active: whether the other node ran SAs beside it (docs/ha.md, B5).
+    beside: BesideWatch,
     /// Told to take over (keepalived's MASTER) while the other node is active on a live link and
     /// this node's mirror is incomplete: since when. See `take_over`.
     deferred_takeover: Option<Instant>,
@@ -193,6 +197,7 @@ impl Ha {
             link_up: false,
             peer_standby: false,
             peer_active: false,
+            beside: BesideWatch::default(),
             deferred_takeover: None,
             takeovers_deferred: 0,
             pending_ack: None,
@@ -485,8 +490,17 @@ impl Ha {
             LinkEvent::Message { bytes, .. } => match SyncMsg::decode(&bytes) {
                 Err(e) => warn!(target: "ha", "undecodable sync message: {e}"),
                 Ok(SyncMsg::Config { config_digest }) => self.peer_config(config_digest),
-                Ok(SyncMsg::Hello { node_id, role, config_digest, .. }) => {
+                Ok(SyncMsg::Hello { node_id, role, config_digest, epoch }) => {
                     self.peer_config(config_digest);
+                    if self.active_role && self.beside.hello(role, epoch) {
+                        // Rekeyed as each nears its ceiling, not all at once: no rekey storm for
+                        // a VRRP blip, and none of them is sealed past what the other node
+                        // resumed above.
+                        let spis = self.active.taint_all();
+                        warn!(target: "ha", peer = node_id, child_sas = spis.len(),
+                              "the other node ran the SAs beside this one and is a standby again: \
+                              no CHILD SA is sealed past its ceiling, each is rekeyed before it");
+                    }
                     self.peer_standby = role == Role::Standby;
                     self.peer_active = role == Role::Active;
                     if !self.peer_active {
@@ -693,6 +707,8 @@ impl Ha {
             self.mid_syncs += n as u64;
         }
         self.active_role = true;
+        // What the other node did before is not beside this node's run: it starts now.
+        self.beside.reset();
         // `peer_standby` stays as the other node last said: a node that said "standby" (a pair
         // coming up) gets its bulk at the next tick; an old active said "active" and gets none
         // until it steps down and says "standby".

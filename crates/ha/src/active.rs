@@ -32,6 +32,9 @@ pub struct ActiveStats {
     pub ack_timeouts: u64,
     pub bulk_transfers: u64,
     pub replay_updates: u64,
+    /// CHILD SAs capped at their ceiling because the other node was active while this one was
+    /// (docs/ha.md, B5): each is rekeyed before it.
+    pub tainted: u64,
 }
 
 /// What [`ActiveSync`] releases or asks for after an input.
@@ -282,6 +285,15 @@ impl<T> ActiveSync<T> {
         let seq = self.next();
         self.outbox.push_back(SyncMsg::Handover { seq, last });
         seq
+    }
+
+    /// The other node was active while this one was, and is a standby again (docs/ha.md, B5):
+    /// it may have sealed above the ceiling of any CHILD SA. Every one keeps its ceiling for good
+    /// and is rekeyed before it. Returns the ones newly tainted (inbound SPIs).
+    pub fn taint_all(&mut self) -> Vec<u32> {
+        let spis = self.leases.taint_all();
+        self.stats.tainted += spis.len() as u64;
+        spis
     }
 
     /// The sync connection is gone: solo mode; everything held leaves now.

@@ -24,6 +24,9 @@ struct Lease {
     mirrored: bool,
     /// A rekey was asked for because the ceiling cannot be raised without the standby.
     rekey_asked: bool,
+    /// The other node may have sealed above `ceiling` on this SA (it was active while this node
+    /// was: `taint_all`): the ceiling is never raised again and the SA is rekeyed before it.
+    tainted: bool,
 }
 
 /// What the caller must do for one SA.
@@ -79,7 +82,8 @@ impl LeaseBook {
     /// standby is gone, so this node holds the only copy: the lease starts from `next_seq`.
     pub fn add_from(&mut self, spi_in: u32, next_seq: u64, standby_connected: bool) -> u64 {
         let ceiling = next_seq.saturating_sub(1).saturating_add(self.shift);
-        let l = Lease { ceiling, asked: None, mirrored: standby_connected, rekey_asked: false };
+        let l =
+            Lease { ceiling, asked: None, mirrored: standby_connected, rekey_asked: false, tainted: false };
         self.sas.insert(spi_in, l);
         ceiling
     }
@@ -92,7 +96,8 @@ impl LeaseBook {
     pub fn add_paused(&mut self, spi_in: u32, next_seq: u64, seq: u64) -> (u64, u64) {
         let ceiling = next_seq.saturating_sub(1);
         let want = ceiling.saturating_add(self.shift);
-        let l = Lease { ceiling, asked: Some((seq, want)), mirrored: true, rekey_asked: false };
+        let l =
+            Lease { ceiling, asked: Some((seq, want)), mirrored: true, rekey_asked: false, tainted: false };
         self.sas.insert(spi_in, l);
         self.asks.insert(seq, spi_in);
         (ceiling, want)
@@ -131,6 +136,13 @@ impl LeaseBook {
     ) -> LeaseOutcome {
         let shift = self.shift;
         let Some(l) = self.sas.get_mut(&spi_in) else { return LeaseOutcome::Unleased };
+        if l.tainted {
+            if l.rekey_asked || last_seq.saturating_add(shift / 2) < l.ceiling {
+                return LeaseOutcome::Nothing;
+            }
+            l.rekey_asked = true;
+            return LeaseOutcome::Rekey { spi_in };
+        }
         let top = l.asked.map_or(l.ceiling, |(_, c)| c);
         if last_seq.saturating_add(shift / 2) < top {
             return LeaseOutcome::Nothing;
@@ -164,7 +176,7 @@ impl LeaseBook {
             if let Some((_, c)) = l.asked.filter(|(s, _)| *s == ask_seq) {
                 l.asked = None;
                 l.mirrored = true;
-                if c > l.ceiling {
+                if c > l.ceiling && !l.tainted {
                     l.ceiling = c;
                     out.push(LeaseOutcome::Raise { spi_in, ceiling: c });
                 }
@@ -188,15 +200,34 @@ impl LeaseBook {
         }
     }
 
+    /// The other node was active while this one was (a split brain that ends with it stepping
+    /// down): it may have sealed on any of these SAs above their ceilings, resuming where a
+    /// takeover does. Each SA keeps its ceiling for good and is rekeyed before it (`check`),
+    /// (docs/ha.md, B5). Returns the SAs newly tainted.
+    pub fn taint_all(&mut self) -> Vec<u32> {
+        let mut spis = Vec::new();
+        for (&spi, l) in self.sas.iter_mut() {
+            if !l.tainted {
+                // `rekey_asked` stays as it was: should the rekey asked for now fail, `check`
+                // asks again before the ceiling.
+                l.tainted = true;
+                spis.push(spi);
+            }
+        }
+        spis.sort_unstable();
+        spis
+    }
+
     /// Bulk sync: announce this SA's lease again (the standby starts from nothing). Returns the
     /// ceiling to ask for: above anything sealed or granted.
     pub fn reannounce(&mut self, spi_in: u32, last_seq: u64, seq: u64) -> Option<u64> {
         let shift = self.shift;
         let l = self.sas.get_mut(&spi_in)?;
-        let want = l.ceiling.max(last_seq.saturating_add(shift));
+        // A tainted SA keeps its ceiling: the new standby learns it, nothing above.
+        let want = if l.tainted { l.ceiling } else { l.ceiling.max(last_seq.saturating_add(shift)) };
         l.asked = Some((seq, want));
         l.mirrored = true;
-        l.rekey_asked = false;
+        l.rekey_asked = l.rekey_asked && l.tainted;
         self.asks.insert(seq, spi_in);
         Some(want)
     }
@@ -237,6 +268,33 @@ mod tests {
         assert_eq!(b.check(1, 99, false, &mut seq), LeaseOutcome::Nothing, "asked once");
         assert_eq!(b.ceiling(1), Some(100));
         assert_eq!(b.check(2, 60, false, &mut seq), LeaseOutcome::Raise { spi_in: 2, ceiling: 200 });
+    }
+
+    #[test]
+    fn a_tainted_sa_is_never_raised_again() {
+        let mut b = LeaseBook::new(100);
+        let mut seq = 0;
+        b.add(1, true);
+        assert!(matches!(b.check(1, 60, true, &mut seq), LeaseOutcome::Ask { ceiling: 200, .. }));
+        assert_eq!(b.taint_all(), vec![1]);
+        assert_eq!(b.taint_all(), Vec::<u32>::new(), "once");
+        assert_eq!(b.acked(seq), vec![], "an ask in flight raises nothing any more");
+        assert_eq!(b.ceiling(1), Some(100));
+        assert_eq!(b.reannounce(1, 70, 7), Some(100), "a new standby learns the ceiling, nothing above");
+        assert_eq!(b.acked(7), vec![]);
+        assert_eq!(b.check(1, 40, true, &mut seq), LeaseOutcome::Nothing);
+        assert_eq!(
+            b.check(1, 99, true, &mut seq),
+            LeaseOutcome::Rekey { spi_in: 1 },
+            "again before the ceiling"
+        );
+        assert_eq!(b.check(1, 99, true, &mut seq), LeaseOutcome::Nothing, "once");
+        assert_eq!(b.ceiling(1), Some(100));
+        b.add(2, true);
+        assert!(
+            matches!(b.check(2, 60, true, &mut seq), LeaseOutcome::Ask { .. }),
+            "a new SA is leased as before"
+        );
     }
 
     #[test]

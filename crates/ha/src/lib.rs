@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod active;
+pub mod beside;
 pub mod lease;
 pub mod msg;
 pub mod replay;
@@ -27,6 +28,7 @@ pub mod shared;
 pub mod standby;
 
 pub use active::{ActiveSync, BulkSa, Released};
+pub use beside::BesideWatch;
 pub use lease::{LeaseBook, LeaseOutcome};
 pub use msg::{SyncMsg, PROTOCOL_VERSION};
 pub use shared::{place_child_sa, Placement, Shared, SharedExchanges};

@@ -587,6 +587,27 @@ fn the_standby_reports_every_mirror_change_for_its_routes() {
     assert!(m.is_empty() && r.is_empty(), "the IKE SA deleted: routed {r:?}, mirrored {m:?}");
 }
 
+/// docs/ha.md, B5: the standby ran the SAs beside the active for a while (it resumed each above
+/// the active's ceiling) and is a standby again: once told (`taint_all`, from its Hello), the
+/// active never seals past the ceiling it had, however many leases the rejoined standby would
+/// grant after its bulk transfer; the SA is rekeyed before it instead.
+#[test]
+fn after_the_standby_ran_beside_it_the_active_never_seals_past_its_ceiling() {
+    let mut c = up();
+    c.traffic(SHIFT / 3);
+    let spi = *c.sealed.keys().next().unwrap();
+    let (_, ceiling) = c.sealed[&spi];
+    assert_eq!(c.active.taint_all(), vec![spi]);
+    c.disconnect();
+    c.connect();
+    c.run();
+    assert!(c.standby.in_sync(), "bulk-synced again");
+    c.traffic(2 * SHIFT);
+    assert!(c.high[&spi] <= ceiling, "sealed {} on {spi:#x}, past its ceiling {ceiling}", c.high[&spi]);
+    assert!(!c.sealed.contains_key(&spi), "the SA was rekeyed before its ceiling");
+    assert!(c.sealed.values().all(|&(last, _)| last > 0), "its successor carries the traffic");
+}
+
 #[test]
 fn a_lost_sync_link_never_lets_a_takeover_reuse_a_sequence_number() {
     let mut c = up();
