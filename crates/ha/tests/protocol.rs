@@ -488,9 +488,7 @@ fn up() -> Cluster {
     c.run();
     let now = c.now;
     c.p.initiate(now, "t").unwrap();
-    while let Some(t) = c.p.poll_transmit() {
-        c.wire.push_back((false, t));
-    }
+    c.after_peer();
     c.run();
     assert_eq!(c.b.ike_sas().len(), 1, "the standby mirrors the IKE SA");
     assert!(c.b.ike_sas()[0].standby);
@@ -532,9 +530,7 @@ fn takeover_resumes_above_every_sealed_number_and_keeps_the_peers_sas() {
     let now = c.now;
     let spi = c.p.child_sas()[0].spi_in;
     c.p.rekey_child_sa(now, spi).unwrap();
-    while let Some(t) = c.p.poll_transmit() {
-        c.wire.push_back((false, t));
-    }
+    c.after_peer();
     c.run();
     let (pk, bk) = (c.p.child_sas(), c.b.child_sas());
     assert_eq!(pk.len(), 1, "{pk:?}");
@@ -569,9 +565,7 @@ fn the_standby_reports_every_mirror_change_for_its_routes() {
     let now = c.now;
     let spi = c.p.child_sas()[0].spi_in;
     c.p.rekey_child_sa(now, spi).unwrap();
-    while let Some(t) = c.p.poll_transmit() {
-        c.wire.push_back((false, t));
-    }
+    c.after_peer();
     c.run();
     let (r, m) = follow(&mut c);
     assert_eq!(r, m, "after the CHILD rekey");
@@ -579,9 +573,7 @@ fn the_standby_reports_every_mirror_change_for_its_routes() {
     let id = c.p.ike_sas()[0].id;
     let now = c.now;
     c.p.terminate_ike_sa(now, id).unwrap();
-    while let Some(t) = c.p.poll_transmit() {
-        c.wire.push_back((false, t));
-    }
+    c.after_peer();
     c.run();
     let (r, m) = follow(&mut c);
     assert!(m.is_empty() && r.is_empty(), "the IKE SA deleted: routed {r:?}, mirrored {m:?}");
@@ -635,9 +627,7 @@ fn a_standby_that_joins_late_gets_every_sa_without_a_rekey() {
     let mut c = Cluster::new();
     let now = c.now;
     c.p.initiate(now, "t").unwrap();
-    while let Some(t) = c.p.poll_transmit() {
-        c.wire.push_back((false, t));
-    }
+    c.after_peer();
     c.run();
     c.traffic(5 * SHIFT);
     assert!(c.b.ike_sas().is_empty());
