@@ -732,6 +732,70 @@ fn a_step_down_after_a_split_brain_never_reuses_a_sequence_number() {
     assert_eq!(tainted, 1, "node 1 did not cap its CHILD SA");
 }
 
+/// docs/ha.md, B5, the second takeover: as above, node 2 runs the CHILD SA beside node 1 for a
+/// while and steps down; then node 1 dies before it rekeyed the SA, and node 2 takes it over again.
+/// Node 1's leases (tainted: never raised past the ceiling node 2 first resumed above) do not cover
+/// what node 2 sealed itself the first time, so node 2 must resume above its own numbers too
+/// (`StandbySync::remember_own_seals`). The default lease (65,536), so that node 1 is far from its
+/// rekey when it dies.
+#[test]
+fn a_second_takeover_after_a_split_brain_resumes_above_its_own_numbers() {
+    let Some(mut r) = rig("") else { return };
+    let stream = r.stream();
+    let spi_out = r.sas.child.1;
+    let out_on = |r: &Rig, i: usize| r.out_sas(i).iter().find(|s| s.0 == spi_out).map(|s| (s.1, s.2));
+
+    // 1. Node 2 active beside node 1: it seals on the CHILD SA above node 1's ceiling.
+    ha_set_state(r.node(1), "active")
+        .unwrap_or_else(|e| panic!("set-state active on node 2: {e}\n{}", r.logs()));
+    r.cl.move_vip(Some(0), 1);
+    r.host.move_lan_vip(&r.cl, Some(0), 1);
+    let start = out_on(&r, 1).map_or(0, |s| s.1);
+    let sealed = wait_until(WAIT, POLL, || out_on(&r, 1).is_some_and(|s| s.1 >= start + 500));
+    let first = out_on(&r, 1);
+    assert!(sealed, "node 2 did not seal on {spi_out:#x}: {first:?}\n{}", r.logs());
+    eprintln!("second takeover: node 2 sealed on {spi_out:#x} from {start}: {first:?}");
+
+    // 2. Back to node 1; node 2 steps down and is bulk-synced; node 1 carries the traffic again.
+    r.cl.move_vip(Some(1), 0);
+    r.host.move_lan_vip(&r.cl, Some(1), 0);
+    ha_set_state(r.node(1), "standby")
+        .unwrap_or_else(|e| panic!("set-state standby on node 2: {e}\n{}", r.logs()));
+    let synced = wait_until(WAIT, POLL, || r.both_in_sync() && r.status(1, "role") == "standby");
+    assert!(synced, "node 2 is not a standby in sync again\n{}", r.logs());
+    let n1 = out_on(&r, 0).map_or(0, |s| s.1);
+    let carried = wait_until(WAIT, POLL, || out_on(&r, 0).is_some_and(|s| s.1 >= n1 + 300));
+    assert!(carried, "node 1 does not seal on {spi_out:#x} again: {:?}\n{}", out_on(&r, 0), r.logs());
+
+    // 3. Node 1 dies before its rekey; node 2 takes the same CHILD SA over a second time.
+    let same = settled(r.node(0), &r.c).is_some_and(|s| s.child.1 == spi_out);
+    assert!(same, "node 1 rekeyed the CHILD SA before the kill: the case is not exercised\n{}", r.logs());
+    let t_kill = manual_failover(&mut r, 0, 1);
+    let resumed = out_on(&r, 1).map_or(0, |s| s.1);
+    let again = wait_until(WAIT, POLL, || out_on(&r, 1).is_some_and(|s| s.1 >= resumed + 500));
+    let logs = r.logs();
+    let flows = stream.stop();
+    print_stream("second takeover", &flows, r.t0);
+    let cap = r.stop_capture();
+    assert_no_reuse("second takeover", &cap, &flows, 3000);
+    assert!(again, "node 2 did not seal on {spi_out:#x} after the second takeover\n{logs}");
+    // On the wire: node 2's numbers of its second spell start above those of its first.
+    let m = macs(&r.cl)[1];
+    let node2 = |after: bool| {
+        cap.packets
+            .iter()
+            .filter(move |p| p.spi == spi_out && p.src_mac == m && (p.at > t_kill) == after)
+            .map(|p| p.seq)
+    };
+    let (spell1, spell2) = (node2(false).max(), node2(true).min());
+    eprintln!("second takeover: node 2 sealed on {spi_out:#x} up to {spell1:?} first, from {spell2:?} after the kill");
+    assert!(
+        spell1.is_some() && spell2.is_some(),
+        "node 2's two spells not both on the wire: {spell1:?} {spell2:?}"
+    );
+    assert!(spell2 > spell1, "node 2 resumed at {spell2:?}, not above its own {spell1:?} of the first time");
+}
+
 #[test]
 fn keepalived_failover_with_streams() {
     if !tools_present(&["keepalived", "nft", "sysctl"]) {

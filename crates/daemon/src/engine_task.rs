@@ -474,7 +474,7 @@ impl EngineTask {
                 }
             }
             "standby" | "backup" => {
-                if ha.step_down(&mut self.endpoint) {
+                if ha.step_down(&mut self.endpoint, self.esp.as_ref()) {
                     warn!(target: "ha", "now standby: the other node runs the SAs");
                 }
             }

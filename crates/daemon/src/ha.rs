@@ -281,7 +281,7 @@ impl Ha {
     }
 
     /// Watch a handover this node started (from the HA tick).
-    fn handover_tick(&mut self, now: Instant, endpoint: &mut Endpoint) {
+    fn handover_tick(&mut self, now: Instant, endpoint: &mut Endpoint, esp: Option<&Esp>) {
         let Some((since, _, acked)) = self.handover else { return };
         let age = now.saturating_duration_since(since);
         if !acked && age > HANDOVER_ACK_TIMEOUT {
@@ -291,7 +291,7 @@ impl Ha {
             self.active_role = true;
         } else if age > HANDOVER_LINGER {
             info!(target: "ha", "handover: nobody told this node to step down: stepping down now");
-            self.step_down(endpoint);
+            self.step_down(endpoint, esp);
         }
     }
 
@@ -586,7 +586,7 @@ impl Ha {
         endpoint: &mut Endpoint,
         esp: Option<&Esp>,
     ) -> Released<Transmit> {
-        self.handover_tick(now, endpoint);
+        self.handover_tick(now, endpoint, esp);
         let was = self.active.state();
         let mut out = self.active.tick(now);
         self.note_solo(was, endpoint);
@@ -725,7 +725,7 @@ impl Ha {
 
     /// Become standby again (keepalived says BACKUP while this node is active): drop every SA
     /// without Deletes, and ask the active node for its state.
-    pub fn step_down(&mut self, endpoint: &mut Endpoint) -> bool {
+    pub fn step_down(&mut self, endpoint: &mut Endpoint, esp: Option<&Esp>) -> bool {
         if self.deferred_takeover.take().is_some() {
             info!(target: "ha", "deferred takeover cancelled: staying standby");
         }
@@ -733,12 +733,27 @@ impl Ha {
             return false;
         }
         self.handover = None;
+        // What this node sealed beside the other one (a split brain healing): the other node's
+        // leases do not cover it, so a later takeover must resume above it (docs/ha.md B5). The
+        // counters are frozen first, so nothing is sealed past what is recorded while the
+        // dataplane removes the SAs.
+        let own_seals: Vec<(u32, u64)> = esp
+            .map(|esp| {
+                let h = esp.handle();
+                endpoint
+                    .child_sas()
+                    .iter()
+                    .filter_map(|c| Some((c.spi_in, h.freeze_seq(c.spi_in)?)))
+                    .collect()
+            })
+            .unwrap_or_default();
         let n = endpoint.demote();
         let _ = self.active.link_down();
         self.active_role = false;
         self.resumes.clear();
         self.shared = SharedExchanges::new();
         self.standby = StandbySync::new(self.settings.oseq_shift);
+        self.standby.remember_own_seals(own_seals);
         self.standby.link_up();
         warn!(target: "ha", ike_sas = n, "stepped down to standby");
         if self.link_up {

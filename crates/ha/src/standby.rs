@@ -50,6 +50,11 @@ pub struct StandbySync {
     /// IKE SAs mirrored, replaced or dropped since `take_mirror_changes`: the daemon routes their
     /// CHILD SAs' selectors into the TUN ahead of a takeover.
     changed: Vec<u64>,
+    /// The highest outbound number this node itself may have sealed on a CHILD SA, by inbound
+    /// SPI, in an active spell that ended with a step-down (docs/ha.md B5). The other node's
+    /// leases do not cover those numbers: it ran beside this node, its ceiling is below them. Kept
+    /// across reconnections and bulk transfers, for as long as the SA lives.
+    own_seals: HashMap<u32, u64>,
     pub stats: StandbyStats,
 }
 
@@ -66,6 +71,7 @@ impl StandbySync {
             handed_over: HashMap::new(),
             unconfirmed: HashSet::new(),
             changed: Vec::new(),
+            own_seals: HashMap::new(),
             stats: StandbyStats::default(),
         }
     }
@@ -116,6 +122,7 @@ impl StandbySync {
                 let live: HashSet<u32> = ep.child_sas().iter().map(|c| c.spi_in).collect();
                 self.leases.retain(|spi, _| live.contains(spi));
                 self.windows.retain(|spi, _| live.contains(spi));
+                self.own_seals.retain(|spi, _| live.contains(spi));
                 self.in_sync = true;
                 info!(target: "ha", ike_sas = ep.ike_sas().len(), leases = self.leases.len(), "mirror complete");
             }
@@ -160,6 +167,7 @@ impl StandbySync {
         for c in ep.child_sas().iter().filter(|c| ids.contains(&c.ike_sa)) {
             self.leases.remove(&c.spi_in);
             self.windows.remove(&c.spi_in);
+            self.own_seals.remove(&c.spi_in);
         }
         for &id in ids {
             ep.unmirror(id);
@@ -186,12 +194,46 @@ impl StandbySync {
         self.windows.get(&spi_in)
     }
 
+    /// This node was active and steps down: `seals` holds, per inbound SPI, the highest outbound
+    /// number it sealed or may still seal (the dataplane's frozen counters). A later takeover
+    /// resumes above them too, not only above the other node's leases.
+    pub fn remember_own_seals(&mut self, seals: impl IntoIterator<Item = (u32, u64)>) {
+        for (spi, last) in seals {
+            let s = self.own_seals.entry(spi).or_default();
+            *s = (*s).max(last);
+        }
+    }
+
     /// Where the outbound SA of this CHILD SA resumes after a takeover: above its lease, or, in
-    /// a planned switchover, just above the last number the old active may seal.
+    /// a planned switchover, just above the last number the old active may seal; and in either
+    /// case above whatever this node sealed on it itself before it stepped down.
     pub fn resume_seq(&self, spi_in: u32) -> u64 {
-        match self.handed_over.get(&spi_in) {
+        let other = match self.handed_over.get(&spi_in) {
             Some(&last) => last.saturating_add(1),
             None => resume_at(self.leases.get(&spi_in).copied(), self.shift),
-        }
+        };
+        let own = self.own_seals.get(&spi_in).map_or(0, |&s| s.saturating_add(1));
+        other.max(own)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// docs/ha.md B5: what this node sealed itself before a step-down is resumed above, whatever
+    /// the other node's lease says; below it the lease rules as before.
+    #[test]
+    fn a_takeover_resumes_above_this_nodes_own_seals() {
+        let shift = 1024;
+        let mut s = StandbySync::new(shift);
+        assert_eq!(s.resume_seq(7), shift + 1, "no lease: the implicit one");
+        s.remember_own_seals([(7, 5000), (8, 10)]);
+        assert_eq!(s.resume_seq(7), 5001);
+        assert_eq!(s.resume_seq(8), shift + 1, "a lease above its own seals wins");
+        s.remember_own_seals([(7, 4000)]);
+        assert_eq!(s.resume_seq(7), 5001, "the record only rises");
+        s.link_up();
+        assert_eq!(s.resume_seq(7), 5001, "a reconnection forgets nothing of it");
     }
 }
