@@ -170,6 +170,19 @@ fn hot_failover_keeps_strongswans_sas() {
     let ping = BackgroundPing::start(&mut cl.peer, PEER_INNER, CLUSTER_INNER, Duration::from_millis(10));
     assert!(wait_until(WAIT, POLL, || packets_out(&c) >= out0 + 20), "background ping not flowing");
 
+    // The recorded frames are in node 1's window; node 2 must have that window before the kill
+    // (else the last few are beyond what was synced, and their replay is accepted rightly, as
+    // packets the dead node never reported): two replay updates sent after the recording ended,
+    // and everything node 1 sent acknowledged.
+    let mut frames = recorder.finish(&mut cl.peer, WAIT);
+    assert_eq!(frames.len(), REPLAYED, "recorded ESP frames");
+    let replay_updates = |t: &Tandemd| ha_status(t)["active"]["replay_updates"].as_u64().unwrap_or(0);
+    let updates0 = replay_updates(&t1);
+    let covered = wait_until(WAIT, POLL, || {
+        replay_updates(&t1) >= updates0 + 2 && ha_status(&t1)["lag_messages"].as_u64() == Some(0)
+    });
+    assert!(covered, "node 1 sent no replay update the standby acknowledged: {}", ha_status(&t1));
+
     // 4. Record charon's SPIs; kill node 1, move the VIP, node 2 takes over.
     let (c_sa, _) = charon_view(&c).expect("charon's SAs");
     let charon_ike = (c_sa.spi_i.clone(), c_sa.spi_r.clone());
@@ -248,8 +261,6 @@ fn hot_failover_keeps_strongswans_sas() {
 
     // Node 1 accepted the recorded packets before it died; node 2 took its replay window over, so
     // the same packets sent again are dropped as replays (a fresh window would accept them).
-    let mut frames = recorder.finish(&mut cl.peer, WAIT);
-    assert_eq!(frames.len(), REPLAYED, "recorded ESP frames");
     let mac: Vec<u8> = cl.gw_mac(1).split(':').map(|b| u8::from_str_radix(b, 16).expect("mac")).collect();
     let mac_hex: String = mac.iter().map(|b| format!("{b:02x}")).collect();
     for f in &mut frames {
