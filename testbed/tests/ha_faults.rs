@@ -685,6 +685,28 @@ fn split_brain_never_reuses_a_sequence_number() {
     }
 }
 
+/// Node 2, in sync, made active beside node 1 with the sync link up (a VRRP blip): the traffic
+/// moves to it until it sealed 500 packets on `spi_out`; then back to node 1, node 2 told
+/// "standby" and bulk-synced again.
+fn beside_then_standby(r: &mut Rig, what: &str, spi_out: u32) {
+    let out_on = |r: &Rig, i: usize| r.out_sas(i).iter().find(|s| s.0 == spi_out).map(|s| (s.1, s.2));
+    ha_set_state(r.node(1), "active")
+        .unwrap_or_else(|e| panic!("set-state active on node 2: {e}\n{}", r.logs()));
+    r.cl.move_vip(Some(0), 1);
+    r.host.move_lan_vip(&r.cl, Some(0), 1);
+    let start = out_on(r, 1).map_or(0, |s| s.1);
+    let sealed = wait_until(WAIT, POLL, || out_on(r, 1).is_some_and(|s| s.1 >= start + 500));
+    let first = out_on(r, 1);
+    assert!(sealed, "node 2 did not seal on {spi_out:#x}: {first:?}\n{}", r.logs());
+    eprintln!("{what}: node 2 sealed on {spi_out:#x} from {start}: {first:?}");
+    r.cl.move_vip(Some(1), 0);
+    r.host.move_lan_vip(&r.cl, Some(1), 0);
+    ha_set_state(r.node(1), "standby")
+        .unwrap_or_else(|e| panic!("set-state standby on node 2: {e}\n{}", r.logs()));
+    let synced = wait_until(WAIT, POLL, || r.both_in_sync() && r.status(1, "role") == "standby");
+    assert!(synced, "node 2 is not a standby in sync again\n{}", r.logs());
+}
+
 /// docs/ha.md, B5: node 2, in sync, is made active beside node 1 with the sync link up (a VRRP
 /// blip), carries the traffic for a while (resuming the CHILD SA above node 1's ceiling), and
 /// steps down again; node 1 bulk-syncs it and carries on. Node 1 must never seal past the ceiling
@@ -695,25 +717,9 @@ fn a_step_down_after_a_split_brain_never_reuses_a_sequence_number() {
     let Some(mut r) = rig("oseq-shift = 2048") else { return };
     let stream = r.stream();
     let spi_out = r.sas.child.1;
-    let out_on = |r: &Rig, i: usize| r.out_sas(i).iter().find(|s| s.0 == spi_out).map(|s| (s.1, s.2));
 
-    // 1. Node 2 active beside node 1, the link up; the traffic moves to node 2.
-    ha_set_state(r.node(1), "active")
-        .unwrap_or_else(|e| panic!("set-state active on node 2: {e}\n{}", r.logs()));
-    r.cl.move_vip(Some(0), 1);
-    r.host.move_lan_vip(&r.cl, Some(0), 1);
-    let start = out_on(&r, 1).map_or(0, |s| s.1);
-    let sealed = wait_until(WAIT, POLL, || out_on(&r, 1).is_some_and(|s| s.1 >= start + 500));
-    assert!(sealed, "node 2 did not seal on {spi_out:#x}: {:?}\n{}", out_on(&r, 1), r.logs());
-    eprintln!("beside: node 2 sealed on {spi_out:#x} from {start}: {:?}", out_on(&r, 1));
-
-    // 2. Back to node 1; node 2 steps down and is bulk-synced.
-    r.cl.move_vip(Some(1), 0);
-    r.host.move_lan_vip(&r.cl, Some(1), 0);
-    ha_set_state(r.node(1), "standby")
-        .unwrap_or_else(|e| panic!("set-state standby on node 2: {e}\n{}", r.logs()));
-    let synced = wait_until(WAIT, POLL, || r.both_in_sync() && r.status(1, "role") == "standby");
-    assert!(synced, "node 2 is not a standby in sync again\n{}", r.logs());
+    // 1.-2. Node 2 active beside node 1, the link up, then standby again and bulk-synced.
+    beside_then_standby(&mut r, "beside", spi_out);
     let tainted = r.status(0, "active")["tainted"].as_u64().unwrap_or(0);
     eprintln!("beside: node 1 tainted {tainted} CHILD SAs");
 
@@ -745,24 +751,9 @@ fn a_second_takeover_after_a_split_brain_resumes_above_its_own_numbers() {
     let spi_out = r.sas.child.1;
     let out_on = |r: &Rig, i: usize| r.out_sas(i).iter().find(|s| s.0 == spi_out).map(|s| (s.1, s.2));
 
-    // 1. Node 2 active beside node 1: it seals on the CHILD SA above node 1's ceiling.
-    ha_set_state(r.node(1), "active")
-        .unwrap_or_else(|e| panic!("set-state active on node 2: {e}\n{}", r.logs()));
-    r.cl.move_vip(Some(0), 1);
-    r.host.move_lan_vip(&r.cl, Some(0), 1);
-    let start = out_on(&r, 1).map_or(0, |s| s.1);
-    let sealed = wait_until(WAIT, POLL, || out_on(&r, 1).is_some_and(|s| s.1 >= start + 500));
-    let first = out_on(&r, 1);
-    assert!(sealed, "node 2 did not seal on {spi_out:#x}: {first:?}\n{}", r.logs());
-    eprintln!("second takeover: node 2 sealed on {spi_out:#x} from {start}: {first:?}");
-
-    // 2. Back to node 1; node 2 steps down and is bulk-synced; node 1 carries the traffic again.
-    r.cl.move_vip(Some(1), 0);
-    r.host.move_lan_vip(&r.cl, Some(1), 0);
-    ha_set_state(r.node(1), "standby")
-        .unwrap_or_else(|e| panic!("set-state standby on node 2: {e}\n{}", r.logs()));
-    let synced = wait_until(WAIT, POLL, || r.both_in_sync() && r.status(1, "role") == "standby");
-    assert!(synced, "node 2 is not a standby in sync again\n{}", r.logs());
+    // 1.-2. Node 2 active beside node 1 (it seals on the CHILD SA above node 1's ceiling), then
+    // standby again and bulk-synced; node 1 carries the traffic again.
+    beside_then_standby(&mut r, "second takeover", spi_out);
     let n1 = out_on(&r, 0).map_or(0, |s| s.1);
     let carried = wait_until(WAIT, POLL, || out_on(&r, 0).is_some_and(|s| s.1 >= n1 + 300));
     assert!(carried, "node 1 does not seal on {spi_out:#x} again: {:?}\n{}", out_on(&r, 0), r.logs());
