@@ -12,14 +12,15 @@
 //! against sync off), a single TCP stream kept 88% of its throughput with them and 96-101% with
 //! the packet trigger disabled. At one update per 25 ms the link carries 6.5 kB/s instead of 36.
 //! The interval costs little at a takeover: the window's age there is dominated by VRRP's
-//! detection (tens of ms), and `auto` advances by the measured rate times the age. What the
-//! standby cannot know is what arrived after
-//! the last update: at a takeover the window is advanced by `replay-advance` (`auto`: the packet
-//! rate seen between the last two updates times the age of the last, at most half the window).
-//! Those numbers were mostly sent by the peer while no node answered (lost anyway), so marking them
-//! received costs few legitimate packets and refuses replays of what the old active accepted after
-//! its last update (RFC 6027 section 3.5). No fixed margin is added: a margin of 64 dropped 64 new
-//! packets at every failover (0.64 s of a 100 packets/s stream, measured in the namespace test).
+//! detection (tens of ms), and `auto` advances by the measured rate times the age.
+//!
+//! What the standby cannot know is what arrived after the last update: at a takeover the window
+//! is advanced by `replay-advance` (`auto`: the packet rate seen between the last two updates
+//! times the age of the last, at most half the window). Those numbers were mostly sent by the
+//! peer while no node answered (lost anyway), so marking them received costs few legitimate
+//! packets and refuses replays of what the old active accepted after its last update (RFC 6027
+//! section 3.5). No fixed margin is added: a margin of 64 dropped 64 new packets at every
+//! failover (0.64 s of a 100 packets/s stream, measured in the namespace test).
 //! Outbound counters need none of this: they are leased (`lease`).
 
 use std::collections::HashMap;
