@@ -144,8 +144,8 @@ impl EngineTask {
         self.endpoint.start_configured(Instant::now());
         self.flush().await;
         let mut ha_rx = self.ha.as_mut().and_then(|h| h.take_rx());
-        let mut lease_tick = tokio::time::interval(crate::ha::LEASE_TICK);
-        lease_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The HA tick (leases, replay windows, handovers), paced by `Ha::tick_period`.
+        let mut next_ha_tick = tokio::time::Instant::now();
         loop {
             let deadline = self.endpoint.poll_timeout();
             let sleep = async {
@@ -189,15 +189,20 @@ impl EngineTask {
                         None => ha_rx = None,
                     }
                 }
-                _ = lease_tick.tick(), if self.ha.as_ref().is_some_and(|h| h.ticking()) => {
+                _ = tokio::time::sleep_until(next_ha_tick), if self.ha.as_ref().is_some_and(|h| h.ticking()) => {
                     if let Some(ha) = self.ha.as_mut() {
-                        let r = ha.lease_tick(Instant::now(), &mut self.endpoint, self.esp.as_ref());
+                        let now = Instant::now();
+                        let r = ha.lease_tick(now, &mut self.endpoint, self.esp.as_ref());
+                        next_ha_tick = (now + ha.tick_period()).into();
                         self.apply_released(r).await;
                     }
                 }
             }
             self.apply_renumbered_reqids();
             self.flush().await;
+            if let Some(d) = self.ha.as_ref().and_then(|h| h.tick_deadline(Instant::now())) {
+                next_ha_tick = next_ha_tick.min(d.into());
+            }
         }
     }
 

@@ -16,14 +16,11 @@ use tandem_ha::msg::Role;
 use tandem_ha::replay::ReplayTrigger;
 use tandem_ha::{
     place_child_sa, ActiveSync, BesideWatch, BulkSa, Released, SharedExchanges, StandbySync, SyncMsg,
+    TickPace,
 };
 use tandem_ha_link::{Channel, Link, LinkConfig, LinkEvent, LinkRx, LinkTx, NodeKey, Pin, SendError};
 use tandem_ike::{ChildSaInstall, Endpoint, IkeSaId, SaObserver, Takeover, Transmit};
 use tracing::{info, warn};
-
-/// How often the active looks at its outbound counters for lease renewals. At 590k packets/s a
-/// lease of 65,536 lasts 110 ms and is renewed at half of it: 5 ms leaves ample margin.
-pub const LEASE_TICK: Duration = Duration::from_millis(5);
 
 /// Planned switchover: the other node must acknowledge the handover within this, or this node
 /// runs its SAs again (it has said nothing to the peers meanwhile; they retransmit).
@@ -164,6 +161,8 @@ pub struct Ha {
     /// the inbound replay window.
     resumes: HashMap<u32, Resume>,
     replay: ReplayTrigger,
+    /// The lease tick's period, from how fast the outbound counters move.
+    pace: TickPace,
 }
 
 impl Ha {
@@ -186,6 +185,7 @@ impl Ha {
         info!(target: "ha", node = s.node_id, %local, %remote, role = if active_role { "active" } else { "standby" },
               "HA node started");
         let (s_time, s_packets) = (s.sync_period_time, s.sync_period_packets);
+        let oseq_shift = s.oseq_shift;
         Ok(Some(Ha {
             active: ActiveSync::new(s.oseq_shift, s.ack_timeout),
             standby: StandbySync::new(s.oseq_shift),
@@ -217,6 +217,7 @@ impl Ha {
             shared: SharedExchanges::new(),
             resumes: HashMap::new(),
             replay: ReplayTrigger::new(s_time, s_packets),
+            pace: TickPace::new(oseq_shift),
         }))
     }
 
@@ -228,6 +229,23 @@ impl Ha {
     /// The HA tick has work: leases and replay windows (active), or a handover to watch.
     pub fn ticking(&self) -> bool {
         self.active_role || self.handover.is_some() || self.pending_ack.is_some()
+    }
+
+    /// The time from a tick to the next one: paced by the outbound counters' rates (`TickPace`).
+    pub fn tick_period(&self) -> Duration {
+        self.pace.period()
+    }
+
+    /// When the HA tick must run at the latest, whatever the pace, after the engine's work at
+    /// `now`: soon while a handover or an ack to send is pending or the link's queue refused a
+    /// message (a bulk transfer is paced by the link, and tries again on every tick); at the
+    /// ack timeout's deadline while the standby owes an ack for held datagrams (50 ms by
+    /// default, so the timeout is seen on time).
+    pub fn tick_deadline(&self, now: Instant) -> Option<Instant> {
+        if self.handover.is_some() || self.pending_ack.is_some() || self.active.has_queued() {
+            return Some(now + tandem_ha::pace::MIN_TICK);
+        }
+        self.active.poll_timeout()
     }
 
     /// Planned switchover (`tandemctl ha switchover` on the active): the standby, in sync, gets
@@ -368,7 +386,8 @@ impl Ha {
     }
 
     /// Send what the protocol has queued, as far as the link takes it now: a message its queue
-    /// refuses waits for the next call (every engine event and the 5 ms tick), so a bulk transfer
+    /// refuses waits for the next call (every engine event and the HA tick, 5 ms while messages
+    /// wait), so a bulk transfer
     /// of any size is paced by the link instead of overflowing it (fault B1, docs/ha.md).
     pub fn send_queued(&mut self) {
         if let Some(seq) = self.pending_ack {
@@ -599,7 +618,9 @@ impl Ha {
         let (Some(esp), true) = (esp, self.active_role) else { return out };
         let syncing = self.active.state() != PeerState::Down;
         let h = esp.handle();
-        for (spi, last, top) in h.ha_counters() {
+        let counters = h.ha_counters();
+        self.pace.observe(now, counters.iter().map(|&(spi, last, _)| (spi, last)));
+        for (spi, last, top) in counters {
             if !self.active.check_lease(spi, last, &mut out) {
                 continue;
             }

@@ -128,6 +128,11 @@ impl<T> ActiveSync<T> {
         self.outbox.pop_front()
     }
 
+    /// Messages wait to be sent (the link refused one: its queue is full).
+    pub fn has_queued(&self) -> bool {
+        !self.outbox.is_empty()
+    }
+
     /// The link could not take `m` now (its queue is full): it goes first again, and the caller
     /// tries later. A bulk transfer of many SAs is paced by the link this way.
     pub fn unsend(&mut self, m: SyncMsg) {

@@ -7,7 +7,7 @@
 //!
 //! The packet trigger fires at most once per [`MIN_PACKET_INTERVAL`] per SA, whatever the packet
 //! rate: at the seed's default of 2 packets every busy SA would otherwise send one update per
-//! lease tick (5 ms), 200 a second, each a message, an ack and a wakeup of both nodes; measured
+//! lease tick (then 5 ms), 200 a second, each a message, an ack and a wakeup of both nodes; measured
 //! with `scripts/bench-ha` on this 2-vCPU machine (2026-12-07, 8 paired rounds of sync on
 //! against sync off), a single TCP stream kept 88% of its throughput with them and 96-101% with
 //! the packet trigger disabled. At one update per 25 ms the link carries 6.5 kB/s instead of 36.

@@ -24,11 +24,13 @@
 //! BENCH_HA_TPUT_SECONDS (5), BENCH_HA_BULK (10000), BENCH_HA_BYTES_TUNNELS (1000),
 //! BENCH_HA_REKEY (30: each CHILD SA rekeyed after 15-30 s), BENCH_HA_IDLE (8), BENCH_HA_REKEY_WINDOW
 //! (45), BENCH_HA_ONLY (comma-separated subset of "failover,throughput,bulk,bytes"),
-//! BENCH_HA_TPUT_HA_EXTRA (extra `[ha]` lines for the throughput runs' cluster, `\n` between them).
+//! BENCH_HA_TPUT_HA_EXTRA (extra `[ha]` lines for the throughput runs' cluster, `\n` between them),
+//! BENCH_HA_PERF (a directory: `perf record` of node 1 during every throughput run, one file per
+//! configuration and direction, the previous round's kept as `.old`).
 #![forbid(unsafe_code)]
 
 use serde_json::Value;
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tandem_testbed::bench::ike::host;
 use tandem_testbed::bench::iperf::{client_args, parse_iperf, Load};
@@ -364,6 +366,23 @@ fn throughput(sync: Sync, runs: usize, seconds: u32) -> TputRun {
             let st0 = nodes.first().filter(|_| sync != Sync::Off).map(ha_status);
             let cpu_of = |k: usize| nodes.get(k).map_or(0.0, |n| cpu_seconds(n.pid));
             let cpu0 = (cpu_of(0), cpu_of(1));
+            // BENCH_HA_PERF=DIR: a cpu-clock profile of node 1 during each run, for locating
+            // what sync costs (`perf report -i DIR/...`); no figure depends on it.
+            let perf = std::env::var("BENCH_HA_PERF").ok().map(|d| {
+                let file = format!(
+                    "{d}/{}-{dir}-{i}.data",
+                    sync.label().split(' ').take(2).collect::<Vec<_>>().join("-")
+                );
+                Command::new("perf")
+                    .args(["record", "-q", "-e", "cpu-clock", "-F", "999", "-g", "-p"])
+                    .arg(nodes[0].pid.to_string())
+                    .args(["-o", &file, "--", "sleep"])
+                    .arg(seconds.to_string())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("perf record")
+            });
             let t = Instant::now();
             // iperf3's server may still be binding on the first run: retried once.
             let mut res = iperf_once(&cl, d == 1, seconds);
@@ -371,6 +390,9 @@ fn throughput(sync: Sync, runs: usize, seconds: u32) -> TputRun {
                 res = iperf_once(&cl, d == 1, seconds);
             }
             let secs = t.elapsed().as_secs_f64();
+            if let Some(mut p) = perf {
+                let _ = p.wait();
+            }
             let cpu = ((cpu_of(0) - cpu0.0) / secs, (cpu_of(1) - cpu0.1) / secs);
             let bytes = st0.map(|s0| {
                 let (a, b) = (link_bytes(&s0), link_bytes(&ha_status(&nodes[0])));
