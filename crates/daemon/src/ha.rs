@@ -239,8 +239,8 @@ impl Ha {
     /// When the HA tick must run at the latest, whatever the pace, after the engine's work at
     /// `now`: soon while a handover or an ack to send is pending or the link's queue refused a
     /// message (a bulk transfer is paced by the link, and tries again on every tick); at the
-    /// ack timeout's deadline while the standby owes an ack for held datagrams (50 ms by
-    /// default, so the timeout is seen on time).
+    /// ack timeout's deadline while the standby owes an ack (`ack-timeout`, 50 ms by default,
+    /// for held datagrams), so a standby that stopped acknowledging is seen on time.
     pub fn tick_deadline(&self, now: Instant) -> Option<Instant> {
         if self.handover.is_some() || self.pending_ack.is_some() || self.active.has_queued() {
             return Some(now + tandem_ha::pace::MIN_TICK);
@@ -387,8 +387,8 @@ impl Ha {
 
     /// Send what the protocol has queued, as far as the link takes it now: a message its queue
     /// refuses waits for the next call (every engine event and the HA tick, 5 ms while messages
-    /// wait), so a bulk transfer
-    /// of any size is paced by the link instead of overflowing it (fault B1, docs/ha.md).
+    /// wait), so a bulk transfer of any size is paced by the link instead of overflowing it
+    /// (fault B1, docs/ha.md).
     pub fn send_queued(&mut self) {
         if let Some(seq) = self.pending_ack {
             if !self.try_send(&SyncMsg::Ack { seq }) {
