@@ -185,10 +185,10 @@ impl Ha {
         info!(target: "ha", node = s.node_id, %local, %remote, role = if active_role { "active" } else { "standby" },
               "HA node started");
         let (s_time, s_packets) = (s.sync_period_time, s.sync_period_packets);
-        let oseq_shift = s.oseq_shift;
         Ok(Some(Ha {
             active: ActiveSync::new(s.oseq_shift, s.ack_timeout),
             standby: StandbySync::new(s.oseq_shift),
+            pace: TickPace::new(s.oseq_shift),
             settings: s,
             active_role,
             observed,
@@ -217,7 +217,6 @@ impl Ha {
             shared: SharedExchanges::new(),
             resumes: HashMap::new(),
             replay: ReplayTrigger::new(s_time, s_packets),
-            pace: TickPace::new(oseq_shift),
         }))
     }
 
