@@ -118,7 +118,7 @@ impl StandbySync {
             }
             SyncMsg::BulkDone { .. } => {
                 let gone = std::mem::take(&mut self.unconfirmed);
-                self.remove_sas(ep, &gone);
+                self.remove_sas(now, ep, &gone);
                 let live: HashSet<u32> = ep.child_sas().iter().map(|c| c.spi_in).collect();
                 self.leases.retain(|spi, _| live.contains(spi));
                 self.windows.retain(|spi, _| live.contains(spi));
@@ -136,7 +136,7 @@ impl StandbySync {
             }
             SyncMsg::IkeSaRemoved { id, .. } => {
                 self.unconfirmed.remove(&id);
-                self.remove_sas(ep, &HashSet::from([id]));
+                self.remove_sas(now, ep, &HashSet::from([id]));
             }
             SyncMsg::Lease { spi_in, ceiling, .. } => {
                 let l = self.leases.entry(spi_in).or_default();
@@ -160,7 +160,7 @@ impl StandbySync {
 
     /// Drop these IKE SAs from the mirror, with the leases and windows of their CHILD SAs. The
     /// CHILD SAs are listed once for all of them: a resync that drops many SAs stays linear.
-    fn remove_sas(&mut self, ep: &mut Endpoint, ids: &HashSet<u64>) {
+    fn remove_sas(&mut self, now: Instant, ep: &mut Endpoint, ids: &HashSet<u64>) {
         if ids.is_empty() {
             return;
         }
@@ -170,7 +170,7 @@ impl StandbySync {
             self.own_seals.remove(&c.spi_in);
         }
         for &id in ids {
-            ep.unmirror(id);
+            ep.unmirror(now, id);
             self.changed.push(id);
         }
     }

@@ -807,6 +807,19 @@ fn schedule(seed: u64) -> Result<String, String> {
     Ok(format!("current {current}, {} steps", log.len()))
 }
 
+/// Schedules that once failed, found past the 200 seeds CI runs (B7 in docs/ha.md): the active
+/// was killed holding the response to the peer's Delete of an IKE SA (write-ahead), the standby
+/// had applied the removal but kept no tombstone, and the peer retransmitted its Delete to the new
+/// active unanswered, keeping its half of the IKE SA.
+#[test]
+fn seeds_that_once_failed() {
+    for seed in [1_212_231_799, 1_212_233_493] {
+        if let Err(e) = schedule(seed) {
+            panic!("{e}");
+        }
+    }
+}
+
 #[test]
 fn seeded_schedules_never_reuse_a_sequence_number() {
     if std::env::var("TANDEM_SIM_SEED").is_ok() {

@@ -539,14 +539,7 @@ impl Endpoint {
                 self.start_queued(now, &mut sa, q);
             }
         }
-        // Only authenticated SAs are mirrored: an unauthenticated peer must not be able to make
-        // sync traffic (half-open floods).
-        if let (Some(obs), true) = (self.observer.as_mut(), sa.established.is_some()) {
-            match crate::snapshot::encode(&sa, now) {
-                Ok(snap) => obs.ike_sa_changed(sa.id, &snap),
-                Err(e) => warn!(target: "ike", sa = format_args!("{:#018x}", sa.id), "cannot snapshot: {e}"),
-            }
-        }
+        self.report_changed(now, &sa);
         self.sas.commit(sa);
         // IKE SAs born of this turn (rekeys) take the same path: queued work starts, the observer
         // hears of them.
@@ -600,6 +593,28 @@ impl Endpoint {
         }
     }
 
+    /// Tell the observer (HA sync) the state of an authenticated SA. Only authenticated SAs are
+    /// mirrored: an unauthenticated peer must not be able to make sync traffic (half-open floods).
+    fn report_changed(&mut self, now: Instant, sa: &IkeSa) {
+        if let (Some(obs), true) = (self.observer.as_mut(), sa.established.is_some()) {
+            match crate::snapshot::encode(sa, now) {
+                Ok(snap) => obs.ike_sa_changed(sa.id, &snap),
+                Err(e) => warn!(target: "ike", sa = format_args!("{:#018x}", sa.id), "cannot snapshot: {e}"),
+            }
+        }
+    }
+
+    /// The response that ended the SA (the peer's Delete) may need sending again: kept as a
+    /// tombstone for a while if it is recent.
+    pub(crate) fn bury_last_response(&mut self, now: Instant, sa: &mut IkeSa) {
+        if sa.established.is_none() || !sa.rel.buries_at(now) {
+            return;
+        }
+        if let Some((mid, d)) = sa.rel.last_response.take() {
+            self.tombstones.bury(now, sa.id, mid, d, sa.remote);
+        }
+    }
+
     /// Take a responder SA out of the half-open map (established or gone).
     pub(crate) fn forget_half_open(&mut self, sa: &mut IkeSa) {
         if let Some(k) = sa.half_open_key.take() {
@@ -612,6 +627,14 @@ impl Endpoint {
     /// Remove an SA for good: report its CHILD SAs and itself down.
     pub(crate) fn drop_sa(&mut self, sa: &mut IkeSa, reason: DownReason) {
         let vpn = sa.vpn.clone().unwrap_or_default();
+        // HA: the standby gets the SA once more with the response about to be kept as a tombstone
+        // (`bury_last_response`), then its removal, and keeps the same tombstone: after a takeover
+        // the peer's retransmission of the request that ended the SA (its Delete, an IKE rekey)
+        // reaches the standby, which answers it instead of leaving the peer's half to its
+        // retransmission timeout (B7 in docs/ha.md).
+        if let Some(now) = self.now.filter(|&now| sa.rel.buries_at(now)) {
+            self.report_changed(now, sa);
+        }
         if !sa.superseded {
             let children = std::mem::take(&mut sa.children);
             for r in children.iter().map(|c| c.reqid).collect::<BTreeSet<u32>>() {
@@ -639,13 +662,8 @@ impl Endpoint {
         }
         self.forget_half_open(sa);
         self.sas.discard(sa.id);
-        // The response that ended it (the peer's Delete) may need sending again.
-        if let (Some(now), Some((mid, d))) = (self.now, sa.rel.last_response.take()) {
-            let recent =
-                sa.rel.last_response_at.is_some_and(|t| now < t + crate::tombstones::TOMBSTONE_LIFETIME);
-            if sa.established.is_some() && recent {
-                self.tombstones.bury(now, sa.id, mid, d, sa.remote);
-            }
+        if let Some(now) = self.now {
+            self.bury_last_response(now, sa);
         }
         if let (Some(obs), true) = (self.observer.as_mut(), sa.established.is_some()) {
             obs.ike_sa_removed(sa.id);

@@ -86,6 +86,13 @@ impl Reliability {
         self.outstanding.is_none()
     }
 
+    /// Whether the SA's last response is recent enough at `now` to be kept as a tombstone when
+    /// the SA is removed (a retransmission of its request may still come).
+    pub fn buries_at(&self, now: Instant) -> bool {
+        self.last_response.is_some()
+            && self.last_response_at.is_some_and(|t| now < t + crate::tombstones::TOMBSTONE_LIFETIME)
+    }
+
     /// Record a request being sent; returns its Message ID.
     pub fn send_request(&mut self, now: Instant, datagrams: Vec<Vec<u8>>, cfg: &RetransmitConfig) -> u32 {
         let id = self.next_request_id;

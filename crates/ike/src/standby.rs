@@ -163,9 +163,14 @@ impl Endpoint {
             .collect()
     }
 
-    /// Standby: the active removed this SA. Returns whether it was mirrored here.
-    pub fn unmirror(&mut self, id: IkeSaId) -> bool {
+    /// Standby: the active removed this SA at `now`. Its recent last response is kept as a
+    /// tombstone, as the active keeps it (`drop_sa`), so a takeover answers the peer's
+    /// retransmission of the request that ended it. Returns whether it was mirrored here.
+    pub fn unmirror(&mut self, now: Instant, id: IkeSaId) -> bool {
         let known = self.sas.contains(&id);
+        if let Some(mut sa) = self.sas.checkout(&id) {
+            self.bury_last_response(now, &mut sa);
+        }
         if known {
             self.sas.discard(id);
         }

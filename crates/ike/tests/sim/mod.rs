@@ -208,7 +208,7 @@ impl Sim {
                     Err(e) => self.violate(format!("node {to} cannot mirror {id:#018x}: {e}")),
                 },
                 SyncMsg::Removed(id) => {
-                    self.nodes[to].ep.unmirror(id);
+                    self.nodes[to].ep.unmirror(at, id);
                     self.log(format!("{to} unmirror {id:#018x}"));
                 }
             }
