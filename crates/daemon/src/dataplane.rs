@@ -53,8 +53,11 @@ pub struct Esp {
     /// takeover does not wait for netlink before its first packet (at 1,000 tunnels the routes
     /// took 35-65 ms of the takeover); until then nothing seals (no SA is installed), so traffic
     /// that reaches the standby is dropped in the dataplane instead of leaving in the clear.
+    /// `standby_live` keeps, per inbound SPI, the IKE SA that routed it last: a CHILD SA that
+    /// moved to another IKE SA (a resync after an IKE rekey) stays routed whichever of the two
+    /// is updated first.
     standby_of: HashMap<u64, Vec<(u32, u32)>>,
-    standby_live: HashMap<u32, HashSet<u32>>,
+    standby_live: HashMap<u32, HashMap<u32, u64>>,
     manual: Vec<InstalledManual>,
 }
 
@@ -403,7 +406,9 @@ impl Esp {
         let mut released = Vec::new();
         for (reqid, spi_in) in self.standby_of.remove(&id).unwrap_or_default() {
             if let Some(l) = self.standby_live.get_mut(&reqid) {
-                l.remove(&spi_in);
+                if l.get(&spi_in) == Some(&id) {
+                    l.remove(&spi_in);
+                }
                 if l.is_empty() {
                     self.standby_live.remove(&reqid);
                 }
@@ -412,7 +417,7 @@ impl Esp {
         }
         let mut now = Vec::new();
         for c in children.iter().filter(|c| !self.interface_of.contains_key(&c.reqid)) {
-            self.standby_live.entry(c.reqid).or_default().insert(c.spi_in);
+            self.standby_live.entry(c.reqid).or_default().insert(c.spi_in, id);
             self.routes.ensure(c.reqid, &self.tun_name, &c.local_ts, &c.remote_ts);
             now.push((c.reqid, c.spi_in));
         }

@@ -15,8 +15,8 @@ use tandem_ha::active::PeerState;
 use tandem_ha::msg::Role;
 use tandem_ha::replay::ReplayTrigger;
 use tandem_ha::{
-    place_child_sa, ActiveSync, BesideWatch, BulkSa, Released, SharedExchanges, StandbySync, SyncMsg,
-    TickPace,
+    place_child_sa, ActiveSync, BesideWatch, BulkSa, Released, SaChange, SharedExchanges, StandbySync,
+    SyncMsg, TickPace,
 };
 use tandem_ha_link::{Channel, Link, LinkConfig, LinkEvent, LinkRx, LinkTx, NodeKey, Pin, SendError};
 use tandem_ike::{ChildSaInstall, Endpoint, IkeSaId, SaObserver, Takeover, Transmit};
@@ -33,6 +33,8 @@ const HANDOVER_LINGER: Duration = Duration::from_secs(10);
 enum Observed {
     Changed(IkeSaId, zeroize::Zeroizing<Vec<u8>>),
     Removed(IkeSaId),
+    /// What came since the last one belongs together (`SaObserver::end_of_turn`).
+    EndOfTurn,
 }
 
 /// The engine's observer: queues what it reports for the engine task to hand to the sync.
@@ -47,6 +49,14 @@ impl SaObserver for Queue {
     fn ike_sa_removed(&mut self, id: IkeSaId) {
         if let Ok(mut q) = self.0.lock() {
             q.push_back(Observed::Removed(id));
+        }
+    }
+    fn end_of_turn(&mut self) {
+        if let Ok(mut q) = self.0.lock() {
+            // Consecutive ends (turns that changed nothing authenticated) need no marker each.
+            if q.back().is_some_and(|o| !matches!(o, Observed::EndOfTurn)) {
+                q.push_back(Observed::EndOfTurn);
+            }
         }
     }
 }
@@ -326,15 +336,19 @@ impl Ha {
         if !self.active_role {
             return;
         }
+        // One message per turn, applied whole by the standby (docs/ha.md, B8).
+        let mut turn = Vec::new();
         for o in items {
             match o {
-                Observed::Changed(id, snap) => self.active.ike_sa_changed(id, &snap),
+                Observed::Changed(id, snapshot) => turn.push(SaChange::IkeSa { id, snapshot }),
                 Observed::Removed(id) => {
                     self.shared.removed(id);
-                    self.active.ike_sa_removed(id)
+                    turn.push(SaChange::IkeSaRemoved { id });
                 }
+                Observed::EndOfTurn => self.active.observed(std::mem::take(&mut turn)),
             }
         }
+        self.active.observed(turn);
     }
 
     /// A datagram of the engine: `Some` to send now, `None` when held for the standby's ack.

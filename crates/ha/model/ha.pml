@@ -188,7 +188,7 @@ inline sync_send(k, s, f1, f2, f3, f4, f5, f6) {
 #define CONNECTED (s_state != DOWN)
 #define ROOM (!CONNECTED || len(sync) < SYNCCAP)
 
-/* Endpoint::finish -> SaObserver::ike_sa_changed -> ActiveSync::ike_sa_changed: a numbered
+/* Endpoint::finish -> SaObserver::ike_sa_changed -> ActiveSync::observed: a numbered
    snapshot of the whole IKE SA (both MID counters, outstanding request, response cache, CHILD SA). */
 inline changed() {
   if
@@ -290,7 +290,7 @@ end:
      break
 
   /* Endpoint starts a CREATE_CHILD_SA (a rekey of any cause, including LeaseOutcome::Rekey):
-     Reliability::send_request; Endpoint::finish -> ActiveSync::ike_sa_changed; the datagram
+     Reliability::send_request; Endpoint::finish -> ActiveSync::observed; the datagram
      through ActiveSync::transmit. */
   :: atomic { IKE_IDLE && a_next < NREQ_C && ROOM && len(held) < HELDCAP ->
        a_out = NA; a_next++; a_reqmir = 0; printf("A: request %d\n", a_next - 1);

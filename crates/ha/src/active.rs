@@ -3,7 +3,7 @@
 //! and runs the bulk transfer when a standby (re)joins.
 
 use crate::lease::{LeaseBook, LeaseOutcome};
-use crate::msg::SyncMsg;
+use crate::msg::{SaChange, SyncMsg};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
@@ -141,22 +141,37 @@ impl<T> ActiveSync<T> {
 
     /// The engine's observer reported an IKE SA change.
     pub fn ike_sa_changed(&mut self, id: u64, snapshot: &[u8]) {
-        if !self.connected() {
-            return;
-        }
-        self.stats.snapshots += 1;
-        let seq = self.next();
-        self.outbox.push_back(SyncMsg::IkeSa { seq, id, snapshot: Zeroizing::new(snapshot.to_vec()) });
+        self.observed(vec![SaChange::IkeSa { id, snapshot: Zeroizing::new(snapshot.to_vec()) }]);
     }
 
     /// The engine's observer reported an IKE SA gone.
     pub fn ike_sa_removed(&mut self, id: u64) {
-        if !self.connected() {
+        self.observed(vec![SaChange::IkeSaRemoved { id }]);
+    }
+
+    /// Everything the engine's observer reported since the last call, in order (one engine turn,
+    /// or a few): one message, which the standby applies whole ([`SyncMsg::Changes`]; a single
+    /// change goes as the message of its own kind).
+    pub fn observed(&mut self, mut changes: Vec<SaChange>) {
+        if !self.connected() || changes.is_empty() {
             return;
         }
-        self.stats.removals += 1;
+        for c in &changes {
+            match c {
+                SaChange::IkeSa { .. } => self.stats.snapshots += 1,
+                SaChange::IkeSaRemoved { .. } => self.stats.removals += 1,
+            }
+        }
         let seq = self.next();
-        self.outbox.push_back(SyncMsg::IkeSaRemoved { seq, id });
+        let msg = if changes.len() > 1 {
+            SyncMsg::Changes { seq, changes }
+        } else {
+            match changes.remove(0) {
+                SaChange::IkeSa { id, snapshot } => SyncMsg::IkeSa { seq, id, snapshot },
+                SaChange::IkeSaRemoved { id } => SyncMsg::IkeSaRemoved { seq, id },
+            }
+        };
+        self.outbox.push_back(msg);
     }
 
     /// An inbound SA's replay window, when its `ReplayTrigger` says so.

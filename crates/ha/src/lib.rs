@@ -31,7 +31,7 @@ pub mod standby;
 pub use active::{ActiveSync, BulkSa, Released};
 pub use beside::BesideWatch;
 pub use lease::{LeaseBook, LeaseOutcome};
-pub use msg::{SyncMsg, PROTOCOL_VERSION};
+pub use msg::{SaChange, SyncMsg, PROTOCOL_VERSION};
 pub use pace::TickPace;
 pub use shared::{place_child_sa, Placement, Shared, SharedExchanges};
 pub use standby::StandbySync;

@@ -6,13 +6,23 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 /// Version of the sync protocol. Nodes speaking different versions do not sync (each logs it).
-pub const PROTOCOL_VERSION: u16 = 1;
+/// 2: `Changes` (one engine turn's changes, applied whole).
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Role of a node as it announces itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Role {
     Active,
     Standby,
+}
+
+/// One change of the engine's state, as its observer reported it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SaChange {
+    /// The whole state of one IKE SA (tandem_ike::snapshot bytes).
+    IkeSa { id: u64, snapshot: Zeroizing<Vec<u8>> },
+    /// The IKE SA is gone.
+    IkeSaRemoved { id: u64 },
 }
 
 /// One sync message. Those with a `seq` are numbered by the active in one sequence and
@@ -52,6 +62,11 @@ pub enum SyncMsg {
     /// Either way, unnumbered: the sender's configuration digest changed (a reload) since its
     /// Hello. Appended last for the same reason as `Handover`.
     Config { config_digest: [u8; 32] },
+    /// Several changes of one engine turn, applied whole (docs/ha.md, B8): an IKE SA rekey
+    /// reports the new SA and the old one's change (the response or the Delete that moves the peer
+    /// to the new SA) together; a standby that applied only one would hold, after a takeover, an SA
+    /// the peer never learnt of, or a response for an SA it lacks.
+    Changes { seq: u64, changes: Vec<SaChange> },
 }
 
 impl SyncMsg {
@@ -64,7 +79,8 @@ impl SyncMsg {
             | SyncMsg::IkeSaRemoved { seq, .. }
             | SyncMsg::Lease { seq, .. }
             | SyncMsg::Replay { seq, .. }
-            | SyncMsg::Handover { seq, .. } => Some(*seq),
+            | SyncMsg::Handover { seq, .. }
+            | SyncMsg::Changes { seq, .. } => Some(*seq),
             SyncMsg::Hello { .. } | SyncMsg::Ack { .. } | SyncMsg::Config { .. } => None,
         }
     }
@@ -117,6 +133,13 @@ mod tests {
             SyncMsg::Ack { seq: u64::MAX },
             SyncMsg::Handover { seq: 8, last: vec![(7, 1 << 33), (9, 17)] },
             SyncMsg::Config { config_digest: [3; 32] },
+            SyncMsg::Changes {
+                seq: 9,
+                changes: vec![
+                    SaChange::IkeSa { id: 5, snapshot: Zeroizing::new(vec![4, 5]) },
+                    SaChange::IkeSaRemoved { id: 6 },
+                ],
+            },
         ];
         for m in msgs {
             assert_eq!(SyncMsg::decode(&m.encode()).unwrap(), m);

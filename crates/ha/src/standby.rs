@@ -3,7 +3,7 @@
 //! takeover.
 
 use crate::lease::resume_at;
-use crate::msg::SyncMsg;
+use crate::msg::{SaChange, SyncMsg};
 use crate::replay::MirroredWindow;
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
@@ -126,17 +126,12 @@ impl StandbySync {
                 self.in_sync = true;
                 info!(target: "ha", ike_sas = ep.ike_sas().len(), leases = self.leases.len(), "mirror complete");
             }
-            SyncMsg::IkeSa { id, snapshot, .. } => {
-                self.unconfirmed.remove(&id);
-                self.changed.push(id);
-                if let Err(e) = ep.mirror(now, &snapshot) {
-                    self.stats.snapshots_refused += 1;
-                    warn!(target: "ha", sa = format_args!("{id:#018x}"), "snapshot not applied: {e}");
+            SyncMsg::IkeSa { id, snapshot, .. } => self.apply(now, ep, SaChange::IkeSa { id, snapshot }),
+            SyncMsg::IkeSaRemoved { id, .. } => self.apply(now, ep, SaChange::IkeSaRemoved { id }),
+            SyncMsg::Changes { changes, .. } => {
+                for c in changes {
+                    self.apply(now, ep, c);
                 }
-            }
-            SyncMsg::IkeSaRemoved { id, .. } => {
-                self.unconfirmed.remove(&id);
-                self.remove_sas(now, ep, &HashSet::from([id]));
             }
             SyncMsg::Lease { spi_in, ceiling, .. } => {
                 let l = self.leases.entry(spi_in).or_default();
@@ -156,6 +151,26 @@ impl StandbySync {
         self.applied = seq;
         self.stats.applied += 1;
         Ok(Some(SyncMsg::Ack { seq }))
+    }
+
+    fn apply(&mut self, now: Instant, ep: &mut Endpoint, change: SaChange) {
+        match change {
+            SaChange::IkeSa { id, snapshot } => {
+                self.unconfirmed.remove(&id);
+                match ep.mirror(now, &snapshot) {
+                    Ok(m) => self.changed.extend(m.moved_from),
+                    Err(e) => {
+                        self.stats.snapshots_refused += 1;
+                        warn!(target: "ha", sa = format_args!("{id:#018x}"), "snapshot not applied: {e}");
+                    }
+                }
+                self.changed.push(id);
+            }
+            SaChange::IkeSaRemoved { id } => {
+                self.unconfirmed.remove(&id);
+                self.remove_sas(now, ep, &HashSet::from([id]));
+            }
+        }
     }
 
     /// Drop these IKE SAs from the mirror, with the leases and windows of their CHILD SAs. The

@@ -15,8 +15,11 @@ use sim::{scenario_rng, seeded_endpoint, seeds, QueueObserver, SyncMsg as Observ
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 use tandem_crypto::{Random, SeededRandom};
-use tandem_ha::{place_child_sa, ActiveSync, BulkSa, Released, SharedExchanges, StandbySync, SyncMsg};
+use tandem_ha::{
+    place_child_sa, ActiveSync, BulkSa, Released, SaChange, SharedExchanges, StandbySync, SyncMsg,
+};
 use tandem_ike::{Endpoint, EndpointConfig, Event, Transmit};
+use zeroize::Zeroizing;
 
 const SHIFT: u64 = 1000;
 
@@ -180,12 +183,18 @@ impl Cluster {
     /// datagrams through the write-ahead gate.
     fn after_active(&mut self) {
         let msgs: Vec<ObserverMsg> = self.observed.lock().unwrap().drain(..).collect();
+        // One sync message per turn, as the daemon sends them (`SaObserver::end_of_turn`).
+        let mut turn = Vec::new();
         for m in msgs {
             match m {
-                ObserverMsg::Changed(id, bytes) => self.active.ike_sa_changed(id, &bytes),
-                ObserverMsg::Removed(id) => self.active.ike_sa_removed(id),
+                ObserverMsg::Changed(id, bytes) => {
+                    turn.push(SaChange::IkeSa { id, snapshot: Zeroizing::new(bytes) })
+                }
+                ObserverMsg::Removed(id) => turn.push(SaChange::IkeSaRemoved { id }),
+                ObserverMsg::EndOfTurn => self.active.observed(std::mem::take(&mut turn)),
             }
         }
+        self.active.observed(turn);
         while let Some(e) = self.a.poll_event() {
             match e {
                 Event::ChildSaUp(c) => {
@@ -220,6 +229,25 @@ impl Cluster {
         while let Some(m) = self.active.poll_send() {
             if self.link_up {
                 self.to_standby.push_back(m.encode().to_vec());
+            }
+        }
+    }
+
+    /// Deliver sync messages and acks until none is left, datagrams staying on the wire.
+    fn sync_only(&mut self) {
+        while !self.to_standby.is_empty() || !self.to_active.is_empty() {
+            while let Some(f) = self.to_standby.pop_front() {
+                let m = SyncMsg::decode(&f).expect("frame");
+                if let Ok(Some(ack)) = self.standby.handle(self.now, &mut self.b, m) {
+                    self.to_active.push_back(ack.encode().to_vec());
+                }
+            }
+            while let Some(f) = self.to_active.pop_front() {
+                if let SyncMsg::Ack { seq } = SyncMsg::decode(&f).expect("frame") {
+                    let r = self.active.ack(self.now, seq);
+                    self.apply(r);
+                    self.after_active();
+                }
             }
         }
     }
@@ -660,6 +688,91 @@ fn an_active_that_steps_down_drops_its_sas_without_a_word_to_the_peer() {
     assert_eq!(peer_spis(&c), before);
 }
 
+/// docs/ha.md, B8: the peer rekeys the IKE SA while the sync link is down, moving its CHILD SA
+/// (leased past `oseq-shift` before) to the new IKE SA. The resync sends the new IKE SA; the stale
+/// old one, which still holds the CHILD SA in the standby's mirror, goes at the end of it, and
+/// must not take the CHILD SA's lease with it: the takeover resumes above every sealed number.
+#[test]
+fn a_resync_after_an_ike_rekey_keeps_the_leases_of_the_child_sas_it_moved() {
+    let mut c = up();
+    c.traffic(SHIFT + SHIFT / 3);
+    let spi = *c.sealed.keys().next().unwrap();
+    assert!(c.high[&spi] > SHIFT, "sealed past the implicit lease: {:?}", c.high);
+    c.disconnect();
+    let now = c.now;
+    let id = c.p.ike_sas()[0].id;
+    c.p.rekey_ike_sa(now, id).unwrap();
+    c.after_peer();
+    c.run();
+    assert_eq!(c.b.ike_sas().len(), 1, "the mirror is stale: the old IKE SA");
+    c.connect();
+    c.run();
+    assert!(c.standby.in_sync());
+    let (ours, theirs) = (c.a.ike_sas(), c.b.ike_sas());
+    assert_eq!((theirs.len(), theirs[0].id), (1, ours[0].id), "the stale IKE SA is gone from the mirror");
+    assert_eq!(c.b.child_sas()[0].spi_in, spi, "its CHILD SA is under the new one");
+    let resumed = c.fail_over();
+    assert_no_reuse(&resumed);
+}
+
+/// docs/ha.md, B8: an IKE rekey, by the peer or by the active, and the active dies holding the
+/// datagram of the turn that made the new IKE SA (its answer to the peer's request, or its Delete
+/// of the old SA after the peer's answer) with none or all of that turn's sync traffic delivered.
+/// The turn (the new IKE SA, the old one's snapshot, the CHILD SAs moved) is applied whole or not
+/// at all: after the takeover the rekey is finished from the mirror or anew, and the peer and the
+/// new active end with the same SAs, no orphan on either side.
+#[test]
+fn a_kill_inside_an_ike_rekey_leaves_no_orphan_on_either_side() {
+    for by_active in [false, true] {
+        for delivered in 0..2 {
+            let mut c = up();
+            let now = c.now;
+            if by_active {
+                let id = c.a.ike_sas()[0].id;
+                c.a.rekey_ike_sa(now, id).unwrap();
+                c.after_active();
+                c.sync_only();
+            } else {
+                let id = c.p.ike_sas()[0].id;
+                c.p.rekey_ike_sa(now, id).unwrap();
+                c.after_peer();
+            }
+            let Some((to_peer, t)) = c.wire.pop_front() else { panic!("the request") };
+            if by_active {
+                assert!(to_peer);
+                c.p.handle_datagram(now, t.remote, t.local, &t.data);
+                c.after_peer();
+                let Some((false, t)) = c.wire.pop_front() else { panic!("the peer's answer") };
+                c.a.handle_datagram(now, t.remote, t.local, &t.data);
+            } else {
+                c.a.handle_datagram(now, t.remote, t.local, &t.data);
+            }
+            c.after_active();
+            assert!(c.wire.is_empty(), "the datagram waits for the standby's ack");
+            assert_eq!(c.to_standby.len(), 1, "one message for the whole turn");
+            c.kill_after(delivered);
+            c.advance(Duration::from_secs(20));
+            let what = format!(
+                "rekey by the {}, turn delivered: {}",
+                if by_active { "active" } else { "peer" },
+                delivered == 1
+            );
+            let spis = |v: Vec<tandem_ike::IkeSaInfo>| {
+                let mut v: Vec<(u64, u64)> = v.iter().map(|s| (s.spi_i, s.spi_r)).collect();
+                v.sort_unstable();
+                v
+            };
+            let (p, b) = (spis(c.p.ike_sas()), spis(c.b.ike_sas()));
+            assert_eq!(p.len(), 1, "{what}: {p:?}");
+            assert_eq!(p, b, "{what}: peer and new active hold the same IKE SA");
+            let pk: Vec<(u32, u32)> = c.p.child_sas().iter().map(|k| (k.spi_out, k.spi_in)).collect();
+            let bk: Vec<(u32, u32)> = c.b.child_sas().iter().map(|k| (k.spi_in, k.spi_out)).collect();
+            assert_eq!((pk.len(), &pk), (1, &bk), "{what}: and the same CHILD SA");
+            assert_eq!(c.inits_after_kill, 0, "{what}: no renegotiation");
+        }
+    }
+}
+
 /// The mirror at a takeover is current: connected, a complete bulk since the active last ran alone.
 fn current(c: &Cluster) -> bool {
     c.link_up && c.standby.in_sync() && !c.solo
@@ -807,13 +920,18 @@ fn schedule(seed: u64) -> Result<String, String> {
     Ok(format!("current {current}, {} steps", log.len()))
 }
 
-/// Schedules that once failed, found past the 200 seeds CI runs (B7 in docs/ha.md): the active
-/// was killed holding the response to the peer's Delete of an IKE SA (write-ahead), the standby
-/// had applied the removal but kept no tombstone, and the peer retransmitted its Delete to the new
-/// active unanswered, keeping its half of the IKE SA.
+/// Schedules that once failed, found past the 200 seeds CI runs:
+/// - B7 in docs/ha.md (1212231799, 1212233493): the active was killed holding the response to the
+///   peer's Delete of an IKE SA (write-ahead), the standby had applied the removal but kept no
+///   tombstone, and the peer retransmitted its Delete to the new active unanswered, keeping its
+///   half of the IKE SA;
+/// - B8 (1212249046, 1212255816, 1212267244): a resync after an IKE rekey dropped the lease of a
+///   CHILD SA the rekey had moved, and the takeover reused sequence numbers; (1212257404) the kill
+///   fell between two sync messages of one IKE rekey, and the new active kept an IKE SA the peer
+///   never had.
 #[test]
 fn seeds_that_once_failed() {
-    for seed in [1_212_231_799, 1_212_233_493] {
+    for seed in [1_212_231_799, 1_212_233_493, 1_212_249_046, 1_212_255_816, 1_212_267_244, 1_212_257_404] {
         if let Err(e) = schedule(seed) {
             panic!("{e}");
         }

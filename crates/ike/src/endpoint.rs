@@ -519,8 +519,16 @@ impl Endpoint {
         }
     }
 
-    /// Put an SA back after handling, run its queued requests and tell the observer.
-    pub(crate) fn finish(&mut self, now: Instant, mut sa: Box<IkeSa>) {
+    /// Put an SA back after handling, run its queued requests and tell the observer, which hears
+    /// of this SA and of the IKE SAs its rekey made as one turn.
+    pub(crate) fn finish(&mut self, now: Instant, sa: Box<IkeSa>) {
+        self.finish_one(now, sa);
+        if let Some(obs) = self.observer.as_mut() {
+            obs.end_of_turn();
+        }
+    }
+
+    fn finish_one(&mut self, now: Instant, mut sa: Box<IkeSa>) {
         if sa.state == SaState::Deleting && sa.rel.can_send() {
             let reason = if sa.superseded {
                 DownReason::Rekeyed
@@ -544,7 +552,7 @@ impl Endpoint {
         // IKE SAs born of this turn (rekeys) take the same path: queued work starts, the observer
         // hears of them.
         while let Some(new) = self.spawned.pop() {
-            self.finish(now, new);
+            self.finish_one(now, new);
         }
     }
 

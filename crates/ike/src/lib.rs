@@ -35,7 +35,7 @@ mod unique;
 pub use api::*;
 pub use config::*;
 pub use endpoint::{Endpoint, EngineError};
-pub use standby::Takeover;
+pub use standby::{Mirrored, Takeover};
 
 /// Engine counters (drops by reason), as shown by `tandemctl status`.
 pub mod endpoint_stats {

@@ -14,4 +14,10 @@ use crate::api::IkeSaId;
 pub trait SaObserver: Send {
     fn ike_sa_changed(&mut self, id: IkeSaId, snapshot: &[u8]);
     fn ike_sa_removed(&mut self, id: IkeSaId);
+    /// The changes reported since the last call belong together: one IKE SA's turn, with the IKE
+    /// SAs its rekey made. A standby applies all of them or none: the old SA's snapshot may hold
+    /// the response or the Delete that moves the peer to the new SA, and a standby that took over
+    /// with only one of the two would hold an SA the peer never learnt of, or answer for one it
+    /// lacks (docs/ha.md, B8). Changes reported outside a turn are followed by none.
+    fn end_of_turn(&mut self) {}
 }

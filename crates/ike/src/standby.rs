@@ -31,6 +31,15 @@ pub struct Takeover {
     pub dropped: usize,
 }
 
+/// What [`Endpoint::mirror`] changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mirrored {
+    /// The IKE SA stored or replaced.
+    pub id: IkeSaId,
+    /// Other mirrored IKE SAs that held some of its CHILD SAs and lost them to it.
+    pub moved_from: Vec<IkeSaId>,
+}
+
 impl Endpoint {
     /// Standby: whether mirroring changed this node's reqids since the last call (see
     /// `Reqids::adopt`). The daemon then applies its policies, trap routes and route-based
@@ -72,10 +81,16 @@ impl Endpoint {
         }
     }
 
-    /// Standby: store (or replace) the mirrored SA of a snapshot received at `now`. Returns the
-    /// SA's id. Half-open SAs are refused: the active never sends them (their peers are not
-    /// authenticated), and one would be an orphan after a takeover.
-    pub fn mirror(&mut self, now: Instant, bytes: &[u8]) -> Result<IkeSaId, SnapshotError> {
+    /// Standby: store (or replace) the mirrored SA of a snapshot received at `now`. Half-open SAs
+    /// are refused: the active never sends them (their peers are not authenticated), and one
+    /// would be an orphan after a takeover.
+    ///
+    /// A CHILD SA belongs to one IKE SA. When another mirrored IKE SA still holds one of this
+    /// snapshot's CHILD SAs (a stale mirror: the active rekeyed the IKE SA, moving its CHILD SAs
+    /// to the new one, while this node was away), that IKE SA loses it here; otherwise the stale
+    /// SA's removal at the end of the resync would take the CHILD SA's lease and routes with it
+    /// (docs/ha.md, B8).
+    pub fn mirror(&mut self, now: Instant, bytes: &[u8]) -> Result<Mirrored, SnapshotError> {
         let sa = snapshot::decode(bytes, now)?;
         if sa.established.is_none() {
             return Err(SnapshotError::NotEstablished);
@@ -83,6 +98,14 @@ impl Endpoint {
         let id = sa.id;
         if self.sas.contains(&id) {
             self.sas.discard(id);
+        }
+        let mut moved_from = Vec::new();
+        for c in &sa.children {
+            let Some(other) = self.sas.holder_of_spi_in(c.spi_in).filter(|o| *o != id) else { continue };
+            self.sas.update(&other, |o| o.children.retain(|k| k.spi_in != c.spi_in));
+            if !moved_from.contains(&other) {
+                moved_from.push(other);
+            }
         }
         let instance = sa.vpn.as_deref().and_then(|v| self.peer(v)).is_some_and(|p| p.reqid_per_sa);
         for c in &sa.children {
@@ -111,7 +134,7 @@ impl Endpoint {
             }
         }
         self.sas.commit(sa);
-        Ok(id)
+        Ok(Mirrored { id, moved_from })
     }
 
     /// Active: a snapshot of every established IKE SA, with the inbound SPIs of the CHILD SAs it

@@ -274,6 +274,11 @@ impl SaTable {
         self.by_spi_in.contains_key(&spi)
     }
 
+    /// The IKE SA holding the CHILD SA with inbound SPI `spi`.
+    pub(crate) fn holder_of_spi_in(&self, spi: u32) -> Option<IkeSaId> {
+        self.by_spi_in.get(&spi).copied()
+    }
+
     /// The IKE SA holding the CHILD SA with inbound (preferred) or outbound SPI `spi`.
     pub(crate) fn sa_of_child(&self, spi: u32) -> Option<IkeSaId> {
         self.by_spi_in

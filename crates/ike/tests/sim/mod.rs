@@ -37,6 +37,8 @@ pub struct Node {
 pub enum SyncMsg {
     Changed(IkeSaId, Vec<u8>),
     Removed(IkeSaId),
+    /// The changes since the last one belong together (`SaObserver::end_of_turn`).
+    EndOfTurn,
 }
 
 pub type SyncQueue = Arc<Mutex<VecDeque<SyncMsg>>>;
@@ -51,6 +53,9 @@ impl SaObserver for QueueObserver {
     }
     fn ike_sa_removed(&mut self, id: IkeSaId) {
         self.0.lock().unwrap().push_back(SyncMsg::Removed(id));
+    }
+    fn end_of_turn(&mut self) {
+        self.0.lock().unwrap().push_back(SyncMsg::EndOfTurn);
     }
 }
 
@@ -211,6 +216,8 @@ impl Sim {
                     self.nodes[to].ep.unmirror(at, id);
                     self.log(format!("{to} unmirror {id:#018x}"));
                 }
+                // Everything of one call is applied at once here anyway.
+                SyncMsg::EndOfTurn => {}
             }
         }
     }
