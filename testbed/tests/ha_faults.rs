@@ -787,6 +787,88 @@ fn a_second_takeover_after_a_split_brain_resumes_above_its_own_numbers() {
     assert!(spell2 > spell1, "node 2 resumed at {spell2:?}, not above its own {spell1:?} of the first time");
 }
 
+/// docs/ha.md, B5, the restart case: the sync link cut (a partition), node 2 made active behind
+/// it and carrying the traffic for a while (it resumes the CHILD SA above node 1's ceiling), then
+/// `kill -9` of node 2, the VIPs back on node 1, the link restored and node 2 started again as a
+/// standby. Its epoch (takeover count) comes back from its state file, so its Hello tells node 1
+/// that it took over since node 1 last heard of it: node 1 keeps its ceiling and rekeys the CHILD
+/// SA before it, instead of raising it with the leases of the rejoined standby and sealing the
+/// numbers node 2 sealed with the same key. A lease of 16,384: node 1, alone, would rekey only at
+/// 8,192 (half a lease before its ceiling), so the rejoin comes first; once rejoined, without the
+/// epoch it runs past 16,384 within about 15 s of the stream.
+#[test]
+fn a_restart_after_a_takeover_behind_a_partition_never_reuses_a_sequence_number() {
+    let Some(mut r) = rig("oseq-shift = 16384") else { return };
+    let stream = r.stream();
+    let spi_out = r.sas.child.1;
+    let out_on = |r: &Rig, i: usize| r.out_sas(i).iter().find(|s| s.0 == spi_out).map(|s| (s.1, s.2));
+
+    // 1. The partition; node 2 active behind it, carrying the traffic.
+    let cut = DropUdp::start(&r.cl.gw[1], SYNC_PORT);
+    let down = wait_until(Duration::from_secs(5), Duration::from_millis(5), || {
+        r.status(0, "link_up") == false && r.status(1, "link_up") == false
+    });
+    assert!(
+        down,
+        "the sync link did not go down
+{}",
+        r.logs()
+    );
+    ha_set_state(r.node(1), "active").unwrap_or_else(|e| {
+        panic!(
+            "set-state active on node 2: {e}
+{}",
+            r.logs()
+        )
+    });
+    assert_eq!(r.status(1, "epoch"), 1, "node 2's epoch after its takeover");
+    r.cl.move_vip(Some(0), 1);
+    r.host.move_lan_vip(&r.cl, Some(0), 1);
+    let start = out_on(&r, 1).map_or(0, |s| s.1);
+    let sealed = wait_until(WAIT, POLL, || out_on(&r, 1).is_some_and(|s| s.1 >= start + 500));
+    let spell = out_on(&r, 1);
+    assert!(
+        sealed,
+        "node 2 did not seal on {spi_out:#x}: {spell:?}
+{}",
+        r.logs()
+    );
+    eprintln!("partition: node 2 sealed on {spi_out:#x} from {start}: {spell:?}; node 1 {:?}", out_on(&r, 0));
+
+    // 2. Node 2 dies; node 1 carries the traffic again; the link heals; node 2 restarts standby.
+    let victim = r.t[1].take().expect("node 2 runs");
+    r.cl.kill_node(1, &victim);
+    r.cl.move_vip(Some(1), 0);
+    r.host.move_lan_vip(&r.cl, Some(1), 0);
+    cut.restore();
+    r.t[1] = Some(r.cl.start_node(1, "standby"));
+    assert_eq!(r.status(1, "epoch"), 1, "node 2's epoch after its restart (from its state file)");
+    let synced = wait_until(WAIT, POLL, || r.both_in_sync());
+    assert!(
+        synced,
+        "node 2 is not a standby in sync again
+{}",
+        r.logs()
+    );
+    let tainted = r.status(0, "active")["tainted"].as_u64().unwrap_or(0);
+    eprintln!("rejoined: node 1 tainted {tainted} CHILD SAs; node 1 on {spi_out:#x}: {:?}", out_on(&r, 0));
+
+    // 3. Node 1 carries on: past where the ceiling was, on a rekeyed CHILD SA only.
+    let (first, _) = spell.expect("checked");
+    let moved_on = wait_until(Duration::from_secs(40), POLL, || {
+        settled(r.node(0), &r.c).is_some_and(|s| s.child.1 != spi_out)
+            || out_on(&r, 0).is_some_and(|s| s.0 > first + 500)
+    });
+    let now = (settled(r.node(0), &r.c), out_on(&r, 0));
+    let logs = r.logs();
+    let flows = stream.stop();
+    print_stream("restart", &flows, r.t0);
+    let cap = r.stop_capture();
+    assert_no_reuse("restart", &cap, &flows, 6000);
+    assert!(moved_on, "node 1 neither rekeyed nor passed node 2's numbers in 40 s: {now:?}\n{logs}");
+    assert_eq!(tainted, 1, "node 1 did not learn that node 2 ran its CHILD SA");
+}
+
 #[test]
 fn keepalived_failover_with_streams() {
     if !tools_present(&["keepalived", "nft", "sysctl"]) {

@@ -62,8 +62,9 @@ pub fn ha_status(v: &Value) -> String {
         String::new()
     };
     line(format!(
-        "takeovers {}{last_t}; {}",
+        "takeovers {}{last_t} (epoch {}); {}",
         s(&v["takeovers"]),
+        s(&v["epoch"]),
         count(
             v,
             &[
@@ -72,7 +73,8 @@ pub fn ha_status(v: &Value) -> String {
                 ("takeovers_deferred", "deferred"),
                 ("switchovers_out", "switchovers out"),
                 ("switchovers_in", "in"),
-                ("split_brain", "split brain")
+                ("split_brain", "split brain"),
+                ("epoch_write_failures", "epoch not stored")
             ]
         )
     ));

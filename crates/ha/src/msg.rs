@@ -33,7 +33,8 @@ pub enum SyncMsg {
     Hello {
         node_id: u8,
         role: Role,
-        /// Fencing: raised by every takeover; data of a lower epoch is ignored.
+        /// The sender's takeover count over its whole life (kept across restarts): the active
+        /// learns from a change of it that the other node ran SAs beside it (`BesideWatch`).
         epoch: u64,
         /// SHA-256 of the cluster configuration (everything but `[ha]`); see tandem-config.
         config_digest: [u8; 32],
