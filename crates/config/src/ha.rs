@@ -66,10 +66,6 @@ pub struct HaSettings {
     /// How far inbound replay windows jump forward at takeover when the peer does not do RFC 6311
     /// replay-counter sync.
     pub replay_advance: ReplayAdvance,
-    /// Where this node keeps its takeover count (its epoch) across restarts, so the other node
-    /// learns that it took over even if it restarted since (docs/ha.md, B5). Default: beside
-    /// `key_file`, with the extension `epoch`.
-    pub state_file: PathBuf,
 }
 
 /// `initial-role`: what the node is until told otherwise.
@@ -312,15 +308,6 @@ pub(crate) fn convert_ha(
         }
     };
 
-    let state_file = match h.state_file.as_deref() {
-        None => key_file.with_extension("epoch"),
-        Some("") => return Err(ctx.err(T, Some("state-file"), None, "an empty path")),
-        Some(f) => PathBuf::from(f),
-    };
-    if state_file == key_file {
-        return Err(ctx.err(T, Some("state-file"), None, "the same file as key-file"));
-    }
-
     Ok(HaSettings {
         node_id: h.node_id,
         interface: h.interface.clone(),
@@ -336,7 +323,6 @@ pub(crate) fn convert_ha(
         peer_pin,
         ack_timeout,
         replay_advance,
-        state_file,
     })
 }
 

@@ -130,7 +130,6 @@ pub struct RawHa {
     pub peer_pin: Option<String>,
     pub ack_timeout: Option<toml::Value>,
     pub replay_advance: Option<toml::Value>,
-    pub state_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -62,9 +62,8 @@ pub fn ha_status(v: &Value) -> String {
         String::new()
     };
     line(format!(
-        "takeovers {}{last_t} (epoch {}); {}",
+        "takeovers {}{last_t}; {}",
         s(&v["takeovers"]),
-        s(&v["epoch"]),
         count(
             v,
             &[
@@ -73,8 +72,7 @@ pub fn ha_status(v: &Value) -> String {
                 ("takeovers_deferred", "deferred"),
                 ("switchovers_out", "switchovers out"),
                 ("switchovers_in", "in"),
-                ("split_brain", "split brain"),
-                ("epoch_write_failures", "epoch not stored")
+                ("split_brain", "split brain")
             ]
         )
     ));

@@ -101,10 +101,6 @@ pub struct HaStatus {
     pub lag_ms: Option<u64>,
     pub since_last_sync_ms: Option<u64>,
     pub takeovers: u64,
-    /// Takeovers over this node's whole life, kept in `state-file` across restarts and told to the
-    /// other node in every Hello (docs/ha.md, B5); and the times writing it failed.
-    pub epoch: u64,
-    pub epoch_write_failures: u64,
     pub last_takeover: Option<Takeover>,
     /// Takeovers from a mirror that was not known to be current (no complete bulk transfer on the
     /// connection, or the link gone before the takeover): IKE SAs the old active ran on alone may
@@ -160,9 +156,6 @@ pub struct Ha {
     config_mismatches: u64,
     last_sync: Option<Instant>,
     takeovers: u64,
-    /// See `HaStatus::epoch` (crates/daemon/src/ha_epoch.rs).
-    epoch: u64,
-    epoch_write_failures: u64,
     last_takeover: Option<Takeover>,
     split_brain: u64,
     stale_takeovers: u64,
@@ -186,7 +179,6 @@ impl Ha {
     /// Start the sync link and put the endpoint in its initial role.
     pub fn start(config: &Config, endpoint: &mut Endpoint) -> Result<Option<Ha>, String> {
         let Some(s) = config.ha.clone() else { return Ok(None) };
-        let epoch = crate::ha_epoch::read(&s.state_file)?;
         let key = NodeKey::read_pem_file(&s.key_file)
             .map_err(|e| format!("[ha] key-file {}: {e}", s.key_file.display()))?;
         let local = std::net::SocketAddr::new(s.local_address, s.port);
@@ -201,7 +193,7 @@ impl Ha {
             endpoint.set_standby();
         }
         info!(target: "ha", node = s.node_id, %local, %remote, role = if active_role { "active" } else { "standby" },
-              epoch, "HA node started");
+              "HA node started");
         let (s_time, s_packets) = (s.sync_period_time, s.sync_period_packets);
         Ok(Some(Ha {
             active: ActiveSync::new(s.oseq_shift, s.ack_timeout),
@@ -225,8 +217,6 @@ impl Ha {
             config_mismatches: 0,
             last_sync: None,
             takeovers: 0,
-            epoch,
-            epoch_write_failures: 0,
             last_takeover: None,
             split_brain: 0,
             stale_takeovers: 0,
@@ -454,7 +444,7 @@ impl Ha {
         let m = SyncMsg::Hello {
             node_id: self.settings.node_id,
             role,
-            epoch: self.epoch,
+            epoch: self.takeovers,
             config_digest: self.digest,
         };
         self.send(&m);
@@ -742,14 +732,6 @@ impl Ha {
                 },
             );
         }
-        // Stored before any SA seals: should this process die and start again, the other node
-        // still learns that this node took over (docs/ha.md, B5).
-        self.epoch += 1;
-        if let Err(e) = crate::ha_epoch::write(&self.settings.state_file, self.epoch) {
-            self.epoch_write_failures += 1;
-            warn!(target: "ha", file = %self.settings.state_file.display(), epoch = self.epoch,
-                  "cannot store the HA epoch: after a restart the other node may not learn of this takeover: {e}");
-        }
         let t = endpoint.take_over(now);
         if stale && !planned {
             // The old active may have run exchanges this mirror never saw: learn the peers'
@@ -840,8 +822,6 @@ impl Ha {
             lag_ms: self.active.waiting_since().map(|t| t.elapsed().as_millis() as u64),
             since_last_sync_ms: self.last_sync.map(|t| t.elapsed().as_millis() as u64),
             takeovers: self.takeovers,
-            epoch: self.epoch,
-            epoch_write_failures: self.epoch_write_failures,
             last_takeover: self.last_takeover.clone(),
             split_brain: self.split_brain,
             stale_takeovers: self.stale_takeovers,

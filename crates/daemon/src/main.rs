@@ -6,7 +6,6 @@ mod api;
 mod dataplane;
 mod engine_task;
 mod ha;
-mod ha_epoch;
 mod ifaddr;
 mod routes;
 mod udp;

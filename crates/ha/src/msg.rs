@@ -33,8 +33,7 @@ pub enum SyncMsg {
     Hello {
         node_id: u8,
         role: Role,
-        /// The sender's takeover count over its whole life (kept across restarts): the active
-        /// learns from a change of it that the other node ran SAs beside it (`BesideWatch`).
+        /// Fencing: raised by every takeover; data of a lower epoch is ignored.
         epoch: u64,
         /// SHA-256 of the cluster configuration (everything but `[ha]`); see tandem-config.
         config_digest: [u8; 32],
