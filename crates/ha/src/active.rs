@@ -139,16 +139,6 @@ impl<T> ActiveSync<T> {
         self.outbox.push_front(m);
     }
 
-    /// The engine's observer reported an IKE SA change.
-    pub fn ike_sa_changed(&mut self, id: u64, snapshot: &[u8]) {
-        self.observed(vec![SaChange::IkeSa { id, snapshot: Zeroizing::new(snapshot.to_vec()) }]);
-    }
-
-    /// The engine's observer reported an IKE SA gone.
-    pub fn ike_sa_removed(&mut self, id: u64) {
-        self.observed(vec![SaChange::IkeSaRemoved { id }]);
-    }
-
     /// Everything the engine's observer reported since the last call, in order (one engine turn,
     /// or a few): one message, which the standby applies whole ([`SyncMsg::Changes`]; a single
     /// change goes as the message of its own kind).
@@ -357,6 +347,10 @@ impl<T> ActiveSync<T> {
 mod tests {
     use super::*;
 
+    fn snap(id: u64, bytes: &[u8]) -> SaChange {
+        SaChange::IkeSa { id, snapshot: Zeroizing::new(bytes.to_vec()) }
+    }
+
     fn t0() -> Instant {
         // The unit tests' fake clock starts at one real instant.
         #[allow(clippy::disallowed_methods)]
@@ -373,10 +367,10 @@ mod tests {
         a.ack(now, 2);
         assert_eq!(a.state(), PeerState::InSync);
         assert_eq!(a.transmit(now, "x"), Some("x"), "nothing unacknowledged");
-        a.ike_sa_changed(9, b"snap");
+        a.observed(vec![snap(9, b"snap")]);
         assert!(matches!(a.poll_send(), Some(SyncMsg::IkeSa { seq: 3, id: 9, .. })));
         assert_eq!(a.transmit(now, "resp"), None);
-        a.ike_sa_changed(9, b"snap2");
+        a.observed(vec![snap(9, b"snap2")]);
         assert_eq!(a.transmit(now, "req"), None);
         assert_eq!(a.ack(now, 3).datagrams, vec!["resp"]);
         assert_eq!(a.ack(now, 4).datagrams, vec!["req"]);
@@ -388,7 +382,7 @@ mod tests {
         let mut a: ActiveSync<u8> = ActiveSync::new(1000, Duration::from_millis(50));
         a.start_bulk(vec![]);
         a.ack(now, 2);
-        a.ike_sa_changed(1, b"s");
+        a.observed(vec![snap(1, b"s")]);
         assert_eq!(a.transmit(now, 1), None);
         assert!(a.tick(now + Duration::from_millis(10)).datagrams.is_empty());
         assert_eq!(a.tick(now + Duration::from_millis(60)).datagrams, vec![1]);

@@ -186,6 +186,12 @@ impl Endpoint {
             .collect()
     }
 
+    /// The inbound SPIs of the CHILD SAs of IKE SA `id` (none when it is not here): one SA's,
+    /// not a listing of all.
+    pub fn child_spis_in(&self, id: IkeSaId) -> Vec<u32> {
+        self.sas.get(&id).map(|sa| sa.children.iter().map(|c| c.spi_in).collect()).unwrap_or_default()
+    }
+
     /// Standby: the active removed this SA at `now`. Its recent last response is kept as a
     /// tombstone, as the active keeps it (`drop_sa`), so a takeover answers the peer's
     /// retransmission of the request that ended it. Returns whether it was mirrored here.
